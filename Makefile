@@ -1,0 +1,33 @@
+# Two commands do all set-up: `make demo` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+CORES ?= $(shell nproc)
+SNAKEMAKE := $(BIN)/python -m snakemake
+
+.PHONY: venv demo test lint dag clean-demo
+
+$(VENV)/.installed: requirements.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -r requirements.txt
+	touch $@
+
+venv: $(VENV)/.installed
+
+demo: venv  ## run the whole workflow on the built-in synthetic data set (offline)
+	$(SNAKEMAKE) --cores $(CORES) --configfile config/demo.yaml
+
+test: venv  ## run the test suite
+	$(BIN)/python -m pytest
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check $$(git ls-files '*.py')
+	$(SNAKEMAKE) --lint --configfile config/demo.yaml
+
+dag: venv  ## draw the demo DAG (needs graphviz's dot)
+	$(SNAKEMAKE) --configfile config/demo.yaml --dag | dot -Tsvg > dag.svg
+
+clean-demo:
+	rm -rf results resources/demo

@@ -1,0 +1,84 @@
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+
+from fundus_tl.cache import CachedImages, build_shard, read_index, skipped_files
+from fundus_tl.imaging import crop_to_fundus, decode, reduction_factor
+
+from .conftest import fundus_like
+
+
+def test_reduction_factor_keeps_the_target_covered():
+    assert reduction_factor(3888, 2592, 299) == 8
+    assert reduction_factor(3888, 2592, 512) == 4
+    assert reduction_factor(640, 480, 299) == 1
+    assert reduction_factor(1300, 1000, 299) == 2
+
+
+def test_decode_converts_gray_alpha_and_16_bit_to_rgb8(tmp_path: Path):
+    gray = np.full((40, 50), 200, np.uint8)
+    bgra = np.zeros((40, 50, 4), np.uint8)
+    bgra[..., 2], bgra[..., 3] = 255, 128
+    deep = np.full((40, 50, 3), 65535 // 2, np.uint16)
+    for name, array in (("g.png", gray), ("a.png", bgra), ("d.tiff", deep)):
+        cv2.imwrite(str(tmp_path / name), array)
+    rgb_gray = decode((tmp_path / "g.png").read_bytes(), 32)
+    rgb_alpha = decode((tmp_path / "a.png").read_bytes(), 32)
+    rgb_deep = decode((tmp_path / "d.tiff").read_bytes(), 32)
+    assert rgb_gray.shape == (40, 50, 3) and rgb_gray.dtype == np.uint8 and rgb_gray[0, 0].tolist() == [200] * 3
+    assert rgb_alpha[0, 0].tolist() == [255, 0, 0]  # red stays red: RGB order
+    assert rgb_deep[0, 0].tolist() == [127, 127, 127] or rgb_deep[0, 0].tolist() == [128, 128, 128]
+
+
+def test_crop_to_fundus_removes_black_borders():
+    image = cv2.cvtColor(fundus_like(0, 0, width=200, height=120), cv2.COLOR_BGR2RGB)
+    cropped = crop_to_fundus(image)
+    assert cropped.shape[0] == cropped.shape[1]
+    assert abs(cropped.shape[0] - 116) <= 3
+
+
+def test_shard_caches_good_images_and_reports_bad_ones(tmp_path: Path):
+    good = tmp_path / "a good one.jpeg"
+    cv2.imwrite(str(good), fundus_like(2, 1))
+    empty = tmp_path / "empty.jpeg"
+    empty.touch()
+    text = tmp_path / "text.jpeg"
+    text.write_text("not an image")
+    truncated = tmp_path / "cut.jpeg"
+    truncated.write_bytes(good.read_bytes()[:200])
+    items = pd.DataFrame(
+        {
+            "key": [f"train/{p.name}" for p in (good, empty, text, truncated)],
+            "path": [str(p) for p in (good, empty, text, truncated)],
+        }
+    )
+    index = build_shard(items, tmp_path / "c/shard-000.npy", tmp_path / "c/shard-000.tsv", 48, "none", threads=2)
+    assert read_index(tmp_path / "c/shard-000.tsv").equals(index)
+    status = dict(zip(index["key"], index["status"], strict=True))
+    assert status == {
+        "train/a good one.jpeg": "ok",
+        "train/empty.jpeg": "skipped",
+        "train/text.jpeg": "skipped",
+        "train/cut.jpeg": "skipped",
+    }
+    reasons = dict(zip(index["key"], index["reason"], strict=True))
+    assert "empty" in reasons["train/empty.jpeg"]
+    assert "not a readable image" in reasons["train/text.jpeg"]
+    assert not list((tmp_path / "c").glob(".*tmp*"))
+
+    images = CachedImages([tmp_path / "c/shard-000.npy"])
+    batch = images.get(["train/a good one.jpeg"])
+    assert batch.shape == (1, 48, 48, 3) and batch.dtype == np.uint8
+    expected = cv2.resize(
+        cv2.cvtColor(cv2.imread(str(good)), cv2.COLOR_BGR2RGB), (48, 48), interpolation=cv2.INTER_AREA
+    )
+    # Reduced-scale JPEG decode differs from a full decode by a little at sharp edges only.
+    assert np.abs(batch[0].astype(int) - expected).mean() < 2
+
+    report = skipped_files(
+        [(str(tmp_path / ".DS_Store"), "hidden file")], [tmp_path / "c/shard-000.tsv"], tmp_path / "skipped.tsv"
+    )
+    assert len(report) == 4
+    assert set(report["stage"]) == {"scan", "decode"}

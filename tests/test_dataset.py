@@ -1,0 +1,75 @@
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from fundus_tl.dataset import patient_of, scan_dataset, scan_labels_csv, shard_of
+
+from .conftest import CLASSES
+
+
+def test_patient_of_eyepacs_names_and_fallback():
+    assert patient_of("10_left") == "10"
+    assert patient_of("10_RIGHT") == "10"
+    assert patient_of("img 7") == "img 7"
+
+
+def test_shard_of_is_stable_and_spread():
+    keys = [f"train/class0/{i}_left.jpeg" for i in range(400)]
+    shards = [shard_of(key, 8) for key in keys]
+    assert shards == [shard_of(key, 8) for key in keys]
+    assert set(shards) == set(range(8))
+
+
+def test_scan_folders_lists_every_unused_file_with_a_reason(folder_dataset: Path):
+    train = folder_dataset / "train"
+    (train / "class0" / ".DS_Store").write_bytes(b"\0")
+    (train / "class1" / "notes.txt").write_text("x")
+    (train / "class2" / "nested").mkdir()
+    (train / "class2" / "nested" / "9_left.jpeg").write_bytes(b"x")
+    (train / "extra").mkdir()
+    (train / "extra" / "1_left.jpeg").write_bytes(b"x")
+    scan = scan_dataset({"root": str(folder_dataset), "class_folders": CLASSES})
+    assert scan.images["split"].value_counts().to_dict() == {"train": 32, "holdout": 10}
+    reasons = dict(zip(scan.skipped["path"].map(lambda p: Path(p).name), scan.skipped["reason"], strict=True))
+    assert reasons[".DS_Store"] == "hidden file"
+    assert "not an image extension" in reasons["notes.txt"]
+    assert "sub-folder 'nested'" in reasons["9_left.jpeg"]
+    assert "'extra' is not in data.class_folders" in reasons["1_left.jpeg"]
+    first = scan.images.iloc[0]
+    assert first["key"].startswith("train/class0/") and first["label"] == 0
+
+
+def test_csv_layout_gives_the_same_images_and_labels_as_folders(folder_dataset: Path, tmp_path: Path):
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    rows = []
+    for path in sorted((folder_dataset / "train").glob("*/*.jpeg")):
+        target = flat / path.name.replace(".jpeg", ".JPG")
+        target.write_bytes(path.read_bytes())
+        rows.append({"image": path.stem, "level": CLASSES.index(path.parent.name)})
+    rows.append({"image": "missing_left", "level": 1})
+    rows.append({"image": rows[0]["image"], "level": rows[0]["level"]})
+    rows.append({"image": rows[1]["image"].replace("_", "x"), "level": 9})
+    labels = tmp_path / "trainLabels.csv"
+    pd.DataFrame(rows).to_csv(labels, index=False)
+    (flat / "unlabelled_left.jpeg").write_bytes((folder_dataset / "train/class0/0_left.jpeg").read_bytes())
+
+    from_csv = scan_labels_csv(flat, labels, 5)
+    from_folders = scan_dataset({"root": str(folder_dataset), "class_folders": CLASSES}).images
+    from_folders = from_folders[from_folders["split"] == "train"]
+    assert sorted(zip(from_csv.images["image"], from_csv.images["label"], strict=True)) == sorted(
+        zip(from_folders["image"], from_folders["label"], strict=True)
+    )
+    reasons = " | ".join(from_csv.skipped["reason"])
+    assert "no image file for 'missing_left'" in reasons
+    assert "duplicate row" in reasons
+    assert "outside 0..4" in reasons
+    assert "no label row" in reasons
+
+
+def test_csv_layout_names_missing_columns(tmp_path: Path):
+    labels = tmp_path / "labels.csv"
+    labels.write_text("name,grade\na,1\n")
+    with pytest.raises(ValueError, match="missing column"):
+        scan_labels_csv(tmp_path, labels, 5)

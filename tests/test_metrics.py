@@ -1,0 +1,26 @@
+import numpy as np
+from sklearn.metrics import cohen_kappa_score
+
+from fundus_tl.metrics import grades_from_scores, grading_report, quadratic_kappa
+
+
+def test_quadratic_kappa_matches_sklearn_and_hand_computed_case():
+    actual = np.array([0, 1, 2, 3, 4, 0, 1, 2])
+    predicted = np.array([0, 2, 2, 3, 3, 0, 0, 2])
+    expected = cohen_kappa_score(actual, predicted, weights="quadratic", labels=range(5))
+    assert quadratic_kappa(actual, predicted, 5) == expected
+    assert quadratic_kappa(actual, actual, 5) == 1.0
+    # Two grades only, one swap: observed disagreement 2 of 4 pairs at squared distance 1.
+    assert quadratic_kappa(np.array([0, 0, 1, 1]), np.array([0, 1, 0, 1]), 2) == 0.0
+
+
+def test_regression_scores_round_then_clip_like_the_seed():
+    scores = np.array([-0.7, 0.49, 0.51, 2.5, 3.6, 7.2])
+    assert grades_from_scores(scores, 5).tolist() == [0, 0, 1, 2, 4, 4]
+
+
+def test_grading_report_confusion_matrix_rows_are_actual_grades():
+    report = grading_report(np.array([0, 0, 1, 2]), np.array([0, 1, 1, 2]), 3)
+    assert report["confusion_matrix"] == [[1, 1, 0], [0, 1, 0], [0, 0, 1]]
+    assert report["accuracy"] == 0.75
+    assert report["n"] == 4

@@ -1,0 +1,128 @@
+"""Real training runs on tiny images: both tasks, determinism, class weights, augmentation."""
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from fundus_tl.cache import CachedImages, build_shard
+from fundus_tl.dataset import scan_dataset
+from fundus_tl.folds import make_folds
+from fundus_tl.models import load_model_file, save_pretrained
+from fundus_tl.training import Augmentation, Experiment, augment_batch, make_loss, train_fold
+
+from .conftest import CLASSES
+
+SIZE = 48
+
+
+@pytest.fixture(scope="module")
+def cached(tmp_path_factory) -> tuple[pd.DataFrame, CachedImages, str]:
+    from .conftest import write_class_folders
+
+    root = tmp_path_factory.mktemp("data")
+    write_class_folders(root, "train", [8, 6, 6, 6, 6])
+    write_class_folders(root, "validation", [2, 2, 2, 2, 2], first_patient=1000)
+    scan = scan_dataset({"root": str(root), "class_folders": CLASSES})
+    shards = []
+    for split in ("train", "holdout"):
+        part = scan.images[scan.images["split"] == split]
+        out = root / "cache" / f"{split}.npy"
+        build_shard(part[["key", "path"]], out, out.with_suffix(".tsv"), SIZE, "none")
+        shards.append(out)
+    weights = root / "lite0.pt"
+    save_pretrained("timm:efficientnet_lite0", weights)
+    return make_folds(scan.images, CLASSES, 2, seed=0), CachedImages(shards), str(weights)
+
+
+def experiment(**overrides) -> Experiment:
+    settings = {
+        "model": "timm:efficientnet_lite0",
+        "image_size": SIZE,
+        "mean": [0.5] * 3,
+        "std": [0.5] * 3,
+        "lr": 1e-3,
+        "batch_size": 8,
+        "epochs": 2,
+        "class_weights": "balanced",
+    }
+    return Experiment.from_config({**settings, **overrides})
+
+
+def run(cached, out: Path, fold: int = 0, **overrides) -> pd.DataFrame:
+    manifest, images, weights = cached
+    return train_fold(
+        experiment(**overrides),
+        manifest=manifest,
+        images=images,
+        fold=fold,
+        class_names=CLASSES,
+        weights_file=weights,
+        model_out=out / "model.pt",
+        history_out=out / "history.tsv",
+        predictions_out=out / "oof.tsv",
+        seed=3,
+        threads=1,
+        device="cpu",
+    )
+
+
+def test_classification_fold_writes_model_history_and_out_of_fold_predictions(cached, tmp_path):
+    history = run(cached, tmp_path)
+    assert list(history["epoch"]) == [1, 2]
+    for column in ("train_loss", "val_loss", "val_accuracy", "val_qwk", "lr", "images_per_second"):
+        assert history[column].notna().all(), column
+    oof = pd.read_csv(tmp_path / "oof.tsv", sep="\t")
+    manifest = cached[0]
+    assert sorted(oof["key"]) == sorted(manifest.loc[manifest["fold"] == 0, "key"])
+    probabilities = oof[[f"p{k}" for k in range(5)]].to_numpy()
+    assert np.allclose(probabilities.sum(axis=1), 1, atol=1e-4)
+    _, meta = load_model_file(tmp_path / "model.pt")
+    assert meta["classes"] == CLASSES and meta["task"] == "classification" and meta["image_size"] == SIZE
+    assert meta["best_epoch"] == int(history["val_loss"].idxmin()) + 1
+
+
+def test_regression_fold_predicts_a_clipped_grade(cached, tmp_path):
+    run(cached, tmp_path, task="regression", epochs=1, class_weights=None)
+    oof = pd.read_csv(tmp_path / "oof.tsv", sep="\t")
+    assert "score" in oof and "p0" not in oof
+    assert oof["predicted"].between(0, 4).all()
+    assert (oof["predicted"] == np.clip(np.rint(oof["score"]), 0, 4)).all()
+
+
+def test_two_cpu_runs_with_one_seed_are_identical(cached, tmp_path):
+    first = run(cached, tmp_path / "a", epochs=1)
+    second = run(cached, tmp_path / "b", epochs=1)
+    columns = ["train_loss", "train_accuracy", "val_loss", "val_accuracy", "val_qwk", "lr"]
+    assert first[columns].equals(second[columns])
+    assert (tmp_path / "a/oof.tsv").read_bytes() == (tmp_path / "b/oof.tsv").read_bytes()
+
+
+def test_single_split_mode_selects_on_the_holdout(cached, tmp_path):
+    run(cached, tmp_path, fold=-1, epochs=1)
+    oof = pd.read_csv(tmp_path / "oof.tsv", sep="\t")
+    assert len(oof) == 10 and (oof["fold"] == -1).all()
+
+
+def test_balanced_and_explicit_class_weights():
+    labels = np.array([0] * 8 + [1] * 2 + [2] * 2)
+    balanced = make_loss(experiment(), labels, 3).weight
+    assert torch.allclose(balanced, torch.tensor([0.5, 2.0, 2.0]))
+    seed_weights = make_loss(experiment(class_weights=[0.012, 0.12, 0.058, 0.36, 0.43]), labels, 5).weight
+    assert torch.allclose(seed_weights, torch.tensor([0.012, 0.12, 0.058, 0.36, 0.43]))
+    with pytest.raises(ValueError, match="class_weights has 2 values but there are 5 classes"):
+        make_loss(experiment(class_weights=[1, 2]), labels, 5)
+
+
+def test_augmentation_changes_images_independently_and_keeps_range():
+    images = torch.zeros(4, 3, 32, 32)
+    images[:, :, 8:24, 4:12] = 255.0
+    generator = torch.Generator().manual_seed(0)
+    out = augment_batch(images, Augmentation(), generator)
+    assert out.shape == images.shape
+    assert out.min() >= 0 and out.max() <= 255 + 1e-3
+    assert not torch.equal(out[0], out[1])
+    identity = augment_batch(images, Augmentation(False, False, 0, 0, 0), generator)
+    assert torch.allclose(identity, images, atol=1e-3)

@@ -1,0 +1,35 @@
+rule cache_shard:
+    input:
+        shard_images,
+    output:
+        array="results/cache/{size}px-{prep}/{split}/shard-{shard}.npy",
+        index="results/cache/{size}px-{prep}/{split}/shard-{shard}.tsv",
+    params:
+        size=lambda wildcards: int(wildcards.size),
+        preprocessing=lambda wildcards: wildcards.prep,
+        split=lambda wildcards: wildcards.split,
+        root=lambda wildcards: split_root(wildcards.split),
+    threads: config["cache"]["threads"]
+    log:
+        "results/logs/cache/{size}px-{prep}/{split}/shard-{shard}.log",
+    script:
+        "../scripts/cache_shard.py"
+
+
+rule skip_report:
+    input:
+        indexes=lambda wildcards: sorted(
+            {
+                str(Path(path).with_suffix(".tsv"))
+                for name in EXPERIMENTS
+                for path in shard_files(name, SPLITS)
+            }
+        ),
+    output:
+        "results/data/skipped.tsv",
+    params:
+        scan_skipped=SCAN.skipped[["path", "reason"]].values.tolist(),
+    log:
+        "results/logs/skip_report.log",
+    script:
+        "../scripts/skip_report.py"

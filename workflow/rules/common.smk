@@ -1,0 +1,124 @@
+import sys
+from pathlib import Path
+
+import pandas as pd
+from snakemake.utils import validate
+
+sys.path.insert(0, str(Path(workflow.current_basedir).parent / "scripts"))
+
+from fundus_tl.config import check_data, resolve_experiment  # noqa: E402
+from fundus_tl.dataset import Scan, scan_dataset, shard_of  # noqa: E402
+from fundus_tl.models import slug  # noqa: E402
+from fundus_tl.synthetic import demo_scan  # noqa: E402
+
+
+validate(config, schema="../schemas/config.schema.yaml")
+
+DATA = config["data"]
+DEMO = config.get("demo")
+check_data(DATA, generated=DEMO is not None)
+SHARDS = config["cache"]["shards"]
+SPLITS = ("train", "holdout", "test")
+
+_selected = config.get("run_experiments") or list(config["experiments"])
+for _name in _selected:
+    if _name not in config["experiments"]:
+        raise ValueError(
+            f"run_experiments: '{_name}' is not an entry of experiments: ({', '.join(config['experiments'])})"
+        )
+EXPERIMENTS = {name: resolve_experiment(name, config["experiments"][name]) for name in _selected}
+MODELS = {slug(entry["model"]): entry["model"] for entry in EXPERIMENTS.values()}
+
+
+wildcard_constraints:
+    experiment="|".join(EXPERIMENTS),
+    fold=r"\d+",
+    size=r"\d+",
+    prep="none|crop|graham",
+    split="|".join(SPLITS),
+    shard=r"\d{3}",
+    model="|".join(MODELS),
+
+
+def _scan() -> Scan:
+    """Image candidates known at parse time: planned demo files, or a scan of the data folders."""
+    if DEMO is not None:
+        return demo_scan(DATA["root"], DEMO)
+    return scan_dataset(DATA)
+
+
+SCAN = _scan()
+SCAN.images["shard"] = [shard_of(key, SHARDS) for key in SCAN.images["key"]]
+
+
+def split_root(split: str) -> str:
+    """Folder that image keys of `split` are relative to."""
+    if split == "test":
+        return DATA["test_dir"]
+    if DATA["layout"] == "csv":
+        return DATA["images_dir"]
+    return str(Path(DATA["root"]) / DATA[f"{split}_dir"])
+
+
+def cache_dir(experiment: str) -> str:
+    entry = EXPERIMENTS[experiment]
+    return f"results/cache/{entry['image_size']}px-{entry.get('preprocessing', 'none')}"
+
+
+def shard_files(experiment: str, splits: tuple[str, ...]) -> list[str]:
+    """Cache shard arrays of `splits` at the experiment's input size and preprocessing."""
+    present = set(SCAN.images["split"])
+    return [
+        f"{cache_dir(experiment)}/{split}/shard-{shard:03d}.npy"
+        for split in splits
+        if split in present
+        for shard in range(SHARDS)
+    ]
+
+
+def shard_images(wildcards) -> list[str]:
+    """The image files whose key hashes to this shard of this split."""
+    images = SCAN.images
+    chosen = images[(images["split"] == wildcards.split) & (images["shard"] == int(wildcards.shard))]
+    return sorted(chosen["path"])
+
+
+def fold_ids() -> list[int]:
+    return list(range(max(config["folds"], 1)))
+
+
+def data_params() -> dict:
+    """The data keys that decide labels and folds (not test_dir: new test images retrain nothing)."""
+    return {key: value for key, value in DATA.items() if key != "test_dir"}
+
+
+def labelled_image_files(wildcards) -> list[str]:
+    images = SCAN.images
+    files = sorted(images.loc[images["split"] != "test", "path"])
+    if DATA["layout"] == "csv":
+        files.append(DATA["labels_csv"])
+    return files
+
+
+def weights_input(wildcards) -> list[str]:
+    """Pretrained weights a training job starts from: fetched once per model, a file, or none."""
+    entry = EXPERIMENTS[wildcards.experiment]
+    weights = entry.get("weights", "imagenet")
+    if weights == "imagenet":
+        return [f"results/pretrained/{slug(entry['model'])}.pt"]
+    if weights in ("none", None):
+        return []
+    return [weights]
+
+
+def fold_outputs(experiment: str, name: str) -> list[str]:
+    return [f"results/{experiment}/fold{fold}/{name}" for fold in fold_ids()]
+
+
+def final_outputs() -> list[str]:
+    targets = ["results/data/skipped.tsv"]
+    for name in EXPERIMENTS:
+        targets.append(f"results/{name}/summary.json")
+        if DATA.get("test_dir"):
+            targets.append(f"results/{name}/predictions.csv")
+    return targets

@@ -1,0 +1,14 @@
+"""Snakemake entry: stratified, patient-grouped fold manifest."""
+
+from fundus_tl.dataset import scan_dataset
+from fundus_tl.folds import make_folds
+from fundus_tl.io import atomic_path, setup_logging
+
+setup_logging(snakemake.log[0])
+data = snakemake.params.data
+scan = scan_dataset(data)
+manifest = make_folds(
+    scan.images, data["class_folders"], snakemake.params.folds, snakemake.params.seed, data["holdout_fraction"]
+)
+with atomic_path(snakemake.output[0]) as tmp:
+    manifest.to_csv(tmp, sep="\t", index=False)

@@ -1,0 +1,152 @@
+"""Decode-once image cache: uint8 shards on disk, read back through memory maps.
+
+A shard is ``shard-NNN.npy`` (N, S, S, 3 RGB uint8) plus ``shard-NNN.tsv``, one row per input
+file with its row number and status. Images that cannot be decoded keep a zero row and a
+reason, so nothing disappears silently.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+
+from .imaging import UnreadableImage, load_image
+from .io import atomic_path
+
+log = logging.getLogger(__name__)
+
+INDEX_COLUMNS = ["key", "path", "row", "status", "reason", "sha1"]
+
+
+def index_path(shard_npy: str | os.PathLike) -> Path:
+    """The index TSV that belongs to a shard array."""
+    return Path(shard_npy).with_suffix(".tsv")
+
+
+def build_shard(
+    items: pd.DataFrame,
+    out_npy: str | os.PathLike,
+    out_index: str | os.PathLike,
+    size: int,
+    preprocessing: str,
+    threads: int = 1,
+) -> pd.DataFrame:
+    """Decode `items` (columns key, path) into one shard; return the index that was written.
+
+    The array is filled through a memory map, so peak memory is one image per thread whatever the
+    shard size. Both files appear under their final names only when complete.
+    """
+    items = items.sort_values("key").reset_index(drop=True)
+    cv2.setNumThreads(1)
+    started = time.perf_counter()
+    with atomic_path(out_npy, suffix=".npy") as tmp_npy:
+        if items.empty:
+            np.save(tmp_npy, np.zeros((0, size, size, 3), np.uint8))
+        array = np.lib.format.open_memmap(
+            tmp_npy, mode="r+" if items.empty else "w+", dtype=np.uint8, shape=(len(items), size, size, 3)
+        )
+
+        def decode_row(row: int) -> tuple[str, str, str]:
+            try:
+                image = load_image(items.at[row, "path"], size, preprocessing)
+            except UnreadableImage as error:
+                return "skipped", str(error), ""
+            except OSError as error:
+                return "skipped", f"cannot read file ({error.strerror or error})", ""
+            array[row] = image.pixels
+            return "ok", "", image.sha1
+
+        with ThreadPoolExecutor(max_workers=max(threads, 1)) as pool:
+            results = list(pool.map(decode_row, range(len(items))))
+        array.flush()
+        del array
+    index = items[["key", "path"]].copy()
+    index["row"] = range(len(items))
+    index["status"] = [status for status, _, _ in results]
+    index["reason"] = [reason for _, reason, _ in results]
+    index["sha1"] = [sha1 for _, _, sha1 in results]
+    with atomic_path(out_index) as tmp_index:
+        index.to_csv(tmp_index, sep="\t", index=False)
+    seconds = time.perf_counter() - started
+    ok = int((index["status"] == "ok").sum())
+    log.info(
+        "cached %d of %d images at %d px (%s) in %.1f s, %.1f img/s with %d threads",
+        ok,
+        len(index),
+        size,
+        preprocessing,
+        seconds,
+        len(index) / max(seconds, 1e-9),
+        threads,
+    )
+    return index
+
+
+def read_index(index_file: str | os.PathLike) -> pd.DataFrame:
+    """Load a shard index; an empty shard gives an empty table with the right columns."""
+    table = pd.read_csv(index_file, sep="\t", dtype={"reason": str, "sha1": str}, keep_default_na=False)
+    return table.reindex(columns=INDEX_COLUMNS)
+
+
+class CachedImages:
+    """All usable images of a set of shards, addressable by key, read lazily from memory maps."""
+
+    def __init__(self, shard_files: list[str | os.PathLike]):
+        self.arrays: list[np.ndarray] = []
+        tables = []
+        for number, shard in enumerate(sorted(map(str, shard_files))):
+            try:
+                self.arrays.append(np.load(shard, mmap_mode="r"))
+            except ValueError:  # an empty shard cannot be memory-mapped
+                self.arrays.append(np.load(shard))
+            table = read_index(index_path(shard))
+            table["shard"] = number
+            tables.append(table)
+        index = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=INDEX_COLUMNS)
+        self.skipped = index[index["status"] != "ok"].reset_index(drop=True)
+        self.index = index[index["status"] == "ok"].set_index("key")
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.index.index
+
+    def keys(self) -> list[str]:
+        return list(self.index.index)
+
+    def get(self, keys: list[str] | np.ndarray) -> np.ndarray:
+        """Images for `keys` as one (B, S, S, 3) uint8 array, in the order asked."""
+        locations = self.index.loc[list(keys), ["shard", "row"]].to_numpy()
+        return np.stack([self.arrays[shard][row] for shard, row in locations])
+
+
+def skipped_files(
+    scan_skipped: list[tuple[str, str]], index_files: list[str | os.PathLike], out_tsv: str | os.PathLike
+) -> pd.DataFrame:
+    """Write the skip report: files left out by the scan plus files that failed to decode.
+
+    A file that fails in several caches (two image sizes) is listed once.
+    """
+    rows = [{"path": path, "reason": reason, "stage": "scan"} for path, reason in scan_skipped]
+    for index_file in index_files:
+        index = read_index(index_file)
+        failed = index[index["status"] != "ok"]
+        rows.extend(
+            {"path": path, "reason": reason, "stage": "decode"}
+            for path, reason in zip(failed["path"], failed["reason"], strict=True)
+        )
+    report = pd.DataFrame(rows, columns=["path", "reason", "stage"]).drop_duplicates(["path", "reason"])
+    with atomic_path(out_tsv) as tmp:
+        report.to_csv(tmp, sep="\t", index=False)
+    by_reason = report["reason"].value_counts()
+    log.info(
+        "skipped %d files%s",
+        len(report),
+        (": " + "; ".join(f"{count} x {reason}" for reason, count in by_reason.items())) if len(report) else "",
+    )
+    return report

@@ -1,0 +1,74 @@
+"""Checks of the workflow config beyond its JSON schema, with messages that name the key."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from .imaging import PREPROCESSING
+from .models import UnknownModel, model_defaults
+
+EXPERIMENT_NAME = r"[A-Za-z0-9][A-Za-z0-9_.-]*"
+
+
+class ConfigError(ValueError):
+    """The config cannot work; the message names the key, the value and what to do."""
+
+
+def check_data(data: dict, generated: bool = False) -> None:
+    """Stop early when the data section points nowhere (`generated`: the workflow makes the data)."""
+    if data.get("layout", "folders") == "csv":
+        for key in ("images_dir", "labels_csv"):
+            if not data.get(key):
+                raise ConfigError(f"data.{key} must be set when data.layout is 'csv'")
+        if not Path(data["images_dir"]).is_dir():
+            raise ConfigError(f"data.images_dir: folder not found: '{data['images_dir']}'")
+        if not Path(data["labels_csv"]).is_file():
+            raise ConfigError(f"data.labels_csv: file not found: '{data['labels_csv']}'")
+    elif not generated:
+        root = data.get("root")
+        if not root:
+            raise ConfigError(
+                "data.root is not set: point it at the folder that holds train/<class folder>/ "
+                "(the seed's --path), e.g. --config data.root=/data/dr"
+            )
+        train = Path(root) / data.get("train_dir", "train")
+        if not train.is_dir():
+            raise ConfigError(
+                f"data.root: '{root}' has no '{data.get('train_dir', 'train')}/' folder "
+                f"(looked for '{train}'); expected train/<class folder>/*.jpeg as in the seed's --path"
+            )
+        missing = [name for name in data["class_folders"] if not (train / name).is_dir()]
+        if len(missing) == len(data["class_folders"]):
+            raise ConfigError(
+                f"data.class_folders: none of {data['class_folders']} exists in '{train}'; "
+                f"found {sorted(p.name for p in train.iterdir() if p.is_dir())}"
+            )
+    if data.get("test_dir") and not generated and not Path(data["test_dir"]).is_dir():
+        raise ConfigError(f"data.test_dir: folder not found: '{data['test_dir']}'")
+
+
+def resolve_experiment(name: str, entry: dict) -> dict:
+    """An experiment entry with model-dependent defaults filled in (input size, normalisation)."""
+    if not re.fullmatch(EXPERIMENT_NAME, name):
+        raise ConfigError(f"experiments.{name}: names may use letters, digits, '_', '.', '-' only")
+    try:
+        defaults = model_defaults(entry["model"])
+    except UnknownModel as error:
+        raise ConfigError(f"experiments.{name}.model: {error}") from None
+    resolved = dict(entry)
+    resolved.setdefault("image_size", defaults.input_size)
+    if resolved.get("image_size") in (None, "auto"):
+        resolved["image_size"] = defaults.input_size
+    resolved.setdefault("mean", list(defaults.mean))
+    resolved.setdefault("std", list(defaults.std))
+    if resolved.get("preprocessing", "none") not in PREPROCESSING:
+        raise ConfigError(
+            f"experiments.{name}.preprocessing: '{resolved['preprocessing']}' is not one of {PREPROCESSING}"
+        )
+    if entry["model"] == "inception_v3" and int(resolved["image_size"]) < 75:
+        raise ConfigError(f"experiments.{name}.image_size: inception_v3 needs at least 75 px")
+    weights = resolved.get("weights", "imagenet")
+    if weights not in ("imagenet", "none", None) and not Path(weights).is_file():
+        raise ConfigError(f"experiments.{name}.weights: '{weights}' is neither 'imagenet', 'none' nor an existing file")
+    return resolved
