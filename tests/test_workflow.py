@@ -1,0 +1,174 @@
+"""The whole DAG on tiny data, in folders whose names contain spaces, and what reruns after edits."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from .conftest import fundus_like, write_class_folders
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "snakemake", "--cores", "2", "--configfile", "tiny.yaml", *args]
+    result = subprocess.run(command, cwd=workdir, capture_output=True, text=True, timeout=900)
+    if check and result.returncode != 0:
+        raise AssertionError(f"snakemake {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def planned_jobs(workdir: Path) -> dict[str, int]:
+    """Job counts per rule of a dry run ({} when everything is up to date)."""
+    output = snakemake(workdir, "--dry-run").stdout
+    if "Nothing to be done" in output:
+        return {}
+    table = output.split("Job stats:", 1)[1].split("total", 1)[0]
+    return {name: int(count) for name, count in re.findall(r"^(\w+)\s+(\d+)$", table, flags=re.MULTILINE)}
+
+
+def write_config(workdir: Path, config: dict) -> None:
+    (workdir / "tiny.yaml").write_text(yaml.safe_dump(config))
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory) -> tuple[Path, dict]:
+    base = tmp_path_factory.mktemp("workflow")
+    workdir = base / "work dir with spaces"
+    workdir.mkdir()
+    shutil.copy(REPO / "Snakefile", workdir)
+    shutil.copytree(REPO / "workflow", workdir / "workflow", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(REPO / "config", workdir / "config")
+    data = base / "my data (DR)"
+    write_class_folders(data, "train", [8, 6, 6, 6, 6])
+    write_class_folders(data, "validation", [2, 2, 2, 2, 2], first_patient=1000)
+    test_dir = base / "unlabelled images"
+    test_dir.mkdir()
+    for index in range(3):
+        import cv2
+
+        cv2.imwrite(str(test_dir / f"{2000 + index}_left.jpeg"), fundus_like(index, 50 + index))
+    (test_dir / "broken.jpeg").write_bytes(b"\xff\xd8\xff not really")
+    (data / "train" / "class0" / "Thumbs.db").write_bytes(b"\0")
+    config = {
+        "data": {"root": str(data), "test_dir": str(test_dir)},
+        "folds": 2,
+        "cache": {"shards": 2, "threads": 1},
+        "runtime": {"train_threads": 1},
+        "run_experiments": ["tiny"],
+        "experiments": {
+            "tiny": {"model": "timm:efficientnet_lite0", "image_size": 48, "lr": 0.001, "batch_size": 8,
+                     "epochs": 1, "freeze_layers": 0, "class_weights": "balanced"},
+        },
+    }
+    write_config(workdir, config)
+    snakemake(workdir)
+    return workdir, config
+
+
+def test_full_run_writes_every_stage_output(project):
+    workdir, _ = project
+    summary = json.loads((workdir / "results/tiny/summary.json").read_text())
+    assert summary["folds"] == 2 and summary["model"] == "timm:efficientnet_lite0"
+    assert summary["task"] == "classification"
+    for part in ("oof", "holdout"):
+        assert 0 <= summary[part]["accuracy"] <= 1 and -1 <= summary[part]["qwk"] <= 1
+    assert summary["oof"]["n"] == 32 and summary["holdout"]["n"] == 10
+    for fold in (0, 1):
+        history = pd.read_csv(workdir / f"results/tiny/fold{fold}/history.tsv", sep="\t")
+        assert {"train_loss", "val_loss", "val_accuracy", "val_qwk", "lr"} <= set(history.columns)
+    holdout = pd.read_csv(workdir / "results/tiny/holdout_predictions.csv")
+    assert {"image", "actual", "predicted", "p0", "p4"} <= set(holdout.columns) and len(holdout) == 10
+    predictions = pd.read_csv(workdir / "results/tiny/predictions.csv")
+    assert sorted(predictions["image"].astype(str)) == ["2000_left", "2001_left", "2002_left"]
+    skipped = pd.read_csv(workdir / "results/data/skipped.tsv", sep="\t")
+    names = dict(zip(skipped["path"].map(lambda p: Path(p).name), skipped["reason"], strict=True))
+    assert names["Thumbs.db"] == "system file"
+    assert "not a readable image" in names["broken.jpeg"] or "could not be decoded" in names["broken.jpeg"]
+    for rule_log in ("folds.log", "skip_report.log", "train/tiny/fold0.log", "evaluate/tiny.log"):
+        assert (workdir / "results/logs" / rule_log).stat().st_size > 0, rule_log
+
+
+def test_nothing_to_do_after_a_full_run(project):
+    workdir, _ = project
+    assert planned_jobs(workdir) == {}
+
+
+def test_editing_lr_reruns_only_that_experiments_training_and_evaluation(project):
+    workdir, config = project
+    edited = json.loads(json.dumps(config))
+    edited["experiments"]["tiny"]["lr"] = 0.0005
+    write_config(workdir, edited)
+    try:
+        assert planned_jobs(workdir) == {"train": 2, "evaluate": 1, "predict": 1, "all": 1}
+    finally:
+        write_config(workdir, config)
+
+
+def test_image_size_switch_recaches_and_switching_back_reuses_the_old_cache(project):
+    workdir, config = project
+    edited = json.loads(json.dumps(config))
+    edited["experiments"]["tiny"]["image_size"] = 40
+    write_config(workdir, edited)
+    try:
+        jobs = planned_jobs(workdir)
+        assert jobs["cache_shard"] == 6 and jobs["train"] == 2 and "folds" not in jobs
+        snakemake(workdir)
+        assert (workdir / "results/cache/40px-none/train/shard-000.npy").exists()
+    finally:
+        write_config(workdir, config)
+    back = planned_jobs(workdir)
+    assert "cache_shard" not in back and "folds" not in back
+    assert back["train"] == 2
+
+
+def test_adding_one_image_recaches_only_its_shard(project):
+    workdir, config = project
+    import cv2
+
+    new = Path(config["data"]["root"]) / "train" / "class3" / "3000_left.jpeg"
+    cv2.imwrite(str(new), fundus_like(3, 3000))
+    try:
+        jobs = planned_jobs(workdir)
+        assert jobs["cache_shard"] == 1
+    finally:
+        new.unlink()
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"data": {"root": None}}, "data.root is not set"),
+        ({"data": {"root": "/no/such dir"}}, "data.root: '/no/such dir' has no 'train/' folder"),
+        ({"folds": "five"}, "'five' is not of type 'integer'"),
+        ({"experiments": {"tiny": {"model": "resnet5"}}}, "experiments.tiny.model: unknown model 'resnet5'"),
+        ({"experiments": {"tiny": {"lr": "fast"}}}, "'fast' is not of type 'number'"),
+    ],
+)
+def test_config_errors_name_the_key(project, tmp_path, change, message):
+    workdir, config = project
+    broken = json.loads(json.dumps(config))
+    for key, value in change.items():
+        if isinstance(value, dict):
+            for inner, inner_value in value.items():
+                if isinstance(inner_value, dict):
+                    broken[key][inner].update(inner_value)
+                else:
+                    broken[key][inner] = inner_value
+        else:
+            broken[key] = value
+    write_config(workdir, broken)
+    try:
+        result = snakemake(workdir, "--dry-run", check=False)
+    finally:
+        write_config(workdir, config)
+    assert result.returncode != 0
+    assert message in result.stdout + result.stderr
