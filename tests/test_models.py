@@ -107,3 +107,28 @@ def test_model_file_round_trip_is_weights_only(tmp_path):
     with torch.no_grad():
         assert torch.allclose(loaded(images), model(images))
     assert loaded_meta == meta
+
+
+def test_weights_file_path_is_read_and_checked_against_the_architecture(tmp_path):
+    from fundus_tl.models import read_weights_file
+
+    plain = build_model("resnet18", 5).backbone.state_dict()
+    torch.save(plain, tmp_path / "plain.pth")
+    assert read_weights_file(tmp_path / "plain.pth", "resnet18").keys() == plain.keys()
+    torch.save({"architecture": "vgg16", "state_dict": {}}, tmp_path / "ours.pt")
+    with pytest.raises(ValueError, match="holds weights of 'vgg16', not of 'resnet18'"):
+        read_weights_file(tmp_path / "ours.pt", "resnet18")
+    with pytest.raises(FileNotFoundError, match="weights file not found"):
+        read_weights_file(tmp_path / "missing.pt", "resnet18")
+
+
+def test_conda_environment_pins_equal_requirements():
+    from pathlib import Path
+
+    import yaml
+
+    root = Path(__file__).resolve().parents[1]
+    env = yaml.safe_load((root / "workflow/envs/fundus.yaml").read_text())
+    conda_pins = set(next(item for item in env["dependencies"] if isinstance(item, dict))["pip"])
+    requirements = {line for line in (root / "requirements.txt").read_text().splitlines() if "==" in line}
+    assert conda_pins == {pin for pin in requirements if not pin.startswith(("pytest", "ruff"))}

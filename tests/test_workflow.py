@@ -65,8 +65,15 @@ def project(tmp_path_factory) -> tuple[Path, dict]:
         "runtime": {"train_threads": 1},
         "run_experiments": ["tiny"],
         "experiments": {
-            "tiny": {"model": "timm:efficientnet_lite0", "image_size": 48, "lr": 0.001, "batch_size": 8,
-                     "epochs": 1, "freeze_layers": 0, "class_weights": "balanced"},
+            "tiny": {
+                "model": "timm:efficientnet_lite0",
+                "image_size": 48,
+                "lr": 0.001,
+                "batch_size": 8,
+                "epochs": 1,
+                "freeze_layers": 0,
+                "class_weights": "balanced",
+            },
         },
     }
     write_config(workdir, config)

@@ -10,6 +10,8 @@ rule cache_shard:
         split=lambda wildcards: wildcards.split,
         root=lambda wildcards: split_root(wildcards.split),
     threads: config["cache"]["threads"]
+    conda:
+        "../envs/fundus.yaml"
     log:
         "results/logs/cache/{size}px-{prep}/{split}/shard-{shard}.log",
     script:
@@ -29,6 +31,8 @@ rule skip_report:
         "results/data/skipped.tsv",
     params:
         scan_skipped=SCAN.skipped[["path", "reason"]].values.tolist(),
+    conda:
+        "../envs/fundus.yaml"
     log:
         "results/logs/skip_report.log",
     script:

@@ -4,8 +4,10 @@ if DEMO is not None:
         output:
             sorted(SCAN.images["path"]),
         params:
-            root=DATA["root"],
+            root=lambda wildcards: DATA["root"],
             demo=DEMO,
+        conda:
+            "../envs/fundus.yaml"
         log:
             "results/logs/demo_data.log",
         script:

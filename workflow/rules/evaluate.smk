@@ -11,6 +11,8 @@ rule evaluate:
         experiment=lambda wildcards: wildcards.experiment,
         batch_size=lambda wildcards: EXPERIMENTS[wildcards.experiment]["batch_size"],
     threads: config["runtime"]["train_threads"]
+    conda:
+        "../envs/fundus.yaml"
     log:
         "results/logs/evaluate/{experiment}.log",
     script:
@@ -26,6 +28,8 @@ rule predict:
     params:
         batch_size=lambda wildcards: EXPERIMENTS[wildcards.experiment]["batch_size"],
     threads: config["runtime"]["train_threads"]
+    conda:
+        "../envs/fundus.yaml"
     log:
         "results/logs/predict/{experiment}.log",
     script:

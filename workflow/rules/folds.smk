@@ -7,6 +7,8 @@ rule folds:
         data=data_params(),
         folds=config["folds"],
         seed=config["seed"],
+    conda:
+        "../envs/fundus.yaml"
     log:
         "results/logs/folds.log",
     script:

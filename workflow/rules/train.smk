@@ -3,6 +3,8 @@ rule pretrained_weights:
         "results/pretrained/{model}.pt",
     params:
         model=lambda wildcards: MODELS[wildcards.model],
+    conda:
+        "../envs/fundus.yaml"
     log:
         "results/logs/pretrained/{model}.log",
     script:
@@ -26,6 +28,8 @@ rule train:
     threads: config["runtime"]["train_threads"]
     resources:
         gpu=1,
+    conda:
+        "../envs/fundus.yaml"
     log:
         "results/logs/train/{experiment}/fold{fold}.log",
     script:
