@@ -82,3 +82,61 @@ def test_shard_caches_good_images_and_reports_bad_ones(tmp_path: Path):
     )
     assert len(report) == 4
     assert set(report["stage"]) == {"scan", "decode"}
+
+
+def test_messy_files_are_reported_and_odd_images_converted(tmp_path: Path):
+    from PIL import Image
+
+    good = fundus_like(1, 7, width=120, height=90)
+    cv2.imwrite(str(tmp_path / "ok ü 10_left.jpeg"), good)
+    data = (tmp_path / "ok ü 10_left.jpeg").read_bytes()
+    (tmp_path / "cut at 80 %.jpeg").write_bytes(data[: int(len(data) * 0.8)])
+    Image.new("RGB", (30, 20)).save(tmp_path / "anim.gif")
+    (tmp_path / "gif named jpeg.jpeg").write_bytes((tmp_path / "anim.gif").read_bytes())
+    (tmp_path / "pdf.jpeg").write_bytes(b"%PDF-1.4\n%\xe2\xe3\xcf\xd3\n1 0 obj\n<<>>\nendobj\n")
+    marked = np.zeros((60, 100, 3), np.uint8)
+    marked[:10, :20] = 255  # a white block top-left; EXIF 6 (rotate 90 cw) moves it top-right
+    for name, kind in (("exif.jpeg", "JPEG"), ("exif.png", "PNG")):
+        image = Image.fromarray(marked)
+        exif = image.getexif()
+        exif[0x0112] = 6
+        image.save(tmp_path / name, kind, exif=exif.tobytes())
+    paths = sorted(p for p in tmp_path.iterdir() if p.suffix != ".gif")
+    items = pd.DataFrame({"key": [p.name for p in paths], "path": [str(p) for p in paths]})
+    index = build_shard(items, tmp_path / "c/s.npy", tmp_path / "c/s.tsv", 40, "none")
+    reasons = dict(zip(index["key"], index["reason"], strict=True))
+    assert reasons["ok ü 10_left.jpeg"] == ""
+    assert reasons["cut at 80 %.jpeg"].startswith("truncated JPEG")
+    assert reasons["gif named jpeg.jpeg"] == ""  # readable whatever its extension says
+    assert "not a readable image" in reasons["pdf.jpeg"]
+    images = CachedImages([tmp_path / "c/s.npy"])
+    for name in ("exif.jpeg", "exif.png"):
+        upright = images.get([name])[0]
+        assert upright[:6, -6:].mean() > 200 and upright[:6, :6].mean() < 50, name
+
+
+def test_identical_files_across_train_and_holdout_are_reported(tmp_path: Path):
+    cv2.imwrite(str(tmp_path / "a.jpeg"), fundus_like(0, 1))
+    (tmp_path / "copy.jpeg").write_bytes((tmp_path / "a.jpeg").read_bytes())
+    cv2.imwrite(str(tmp_path / "b.jpeg"), fundus_like(0, 2))
+    build_shard(
+        pd.DataFrame(
+            {"key": ["train/a.jpeg", "train/b.jpeg"], "path": [str(tmp_path / "a.jpeg"), str(tmp_path / "b.jpeg")]}
+        ),
+        tmp_path / "t.npy",
+        tmp_path / "t.tsv",
+        32,
+        "none",
+    )
+    build_shard(
+        pd.DataFrame({"key": ["holdout/copy.jpeg"], "path": [str(tmp_path / "copy.jpeg")]}),
+        tmp_path / "h.npy",
+        tmp_path / "h.tsv",
+        32,
+        "none",
+    )
+    from fundus_tl.cache import cross_split_duplicates
+
+    report = cross_split_duplicates([tmp_path / "t.tsv", tmp_path / "h.tsv"], tmp_path / "dup.tsv")
+    assert len(report) == 1
+    assert {Path(report.iloc[0]["path"]).name, Path(report.iloc[0]["same_as"]).name} == {"a.jpeg", "copy.jpeg"}

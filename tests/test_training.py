@@ -126,3 +126,88 @@ def test_augmentation_changes_images_independently_and_keeps_range():
     assert not torch.equal(out[0], out[1])
     identity = augment_batch(images, Augmentation(False, False, 0, 0, 0), generator)
     assert torch.allclose(identity, images, atol=1e-3)
+
+
+WORKER = """
+import logging
+import sys
+import pandas as pd
+from fundus_tl.cache import CachedImages
+from fundus_tl.training import Experiment, train_fold
+logging.basicConfig(level=logging.INFO)
+manifest_file, weights, out, *shards = sys.argv[1:]
+train_fold(
+    Experiment.from_config({"model": "timm:efficientnet_lite0", "image_size": 48, "mean": [0.5] * 3,
+                            "std": [0.5] * 3, "lr": 1e-3, "batch_size": 8, "epochs": 5}),
+    manifest=pd.read_csv(manifest_file, sep="\\t", dtype={"image": str, "patient": str}),
+    images=CachedImages(shards), fold=0, class_names=[f"class{k}" for k in range(5)], weights_file=weights,
+    model_out=f"{out}/model.pt", history_out=f"{out}/history.tsv", predictions_out=f"{out}/oof.tsv",
+    seed=5, threads=1, device="cpu",
+)
+"""
+
+
+def test_training_killed_with_sigkill_resumes_to_the_same_result(cached, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    manifest, images, weights = cached
+    manifest.to_csv(tmp_path / "manifest.tsv", sep="\t", index=False)
+    shards = [str(Path(p)) for p in sorted(images.shard_files)]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "workflow" / "scripts")}
+
+    def worker(out: Path) -> subprocess.Popen:
+        out.mkdir()
+        command = [sys.executable, "-c", WORKER, str(tmp_path / "manifest.tsv"), weights, str(out), *shards]
+        return subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+    assert worker(tmp_path / "straight").wait(timeout=600) == 0
+
+    killed = worker(tmp_path / "killed")
+    checkpoint = tmp_path / "killed" / "checkpoint.pt"
+    deadline = time.monotonic() + 300
+    while not checkpoint.exists() and killed.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    killed.send_signal(signal.SIGKILL)
+    assert killed.wait() == -signal.SIGKILL
+    assert checkpoint.exists() and not (tmp_path / "killed" / "model.pt").exists()
+    resumed = subprocess.run(
+        [sys.executable, "-c", WORKER, str(tmp_path / "manifest.tsv"), weights, str(tmp_path / "killed"), *shards],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming from" in resumed.stderr
+    assert not checkpoint.exists()
+
+    columns = ["epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "val_qwk", "lr"]
+    straight = pd.read_csv(tmp_path / "straight/history.tsv", sep="\t")[columns]
+    assert straight.equals(pd.read_csv(tmp_path / "killed/history.tsv", sep="\t")[columns])
+    assert (tmp_path / "straight/oof.tsv").read_bytes() == (tmp_path / "killed/oof.tsv").read_bytes()
+
+
+def test_a_checkpoint_of_other_settings_is_not_resumed(cached, tmp_path, caplog):
+    run(cached, tmp_path, epochs=1)
+    torch.save({"fingerprint": "written for other settings"}, tmp_path / "checkpoint.pt")
+    with caplog.at_level("WARNING"):
+        history = run(cached, tmp_path, epochs=1, lr=5e-4)
+    assert "ignoring" in caplog.text and "other settings" in caplog.text
+    assert list(history["epoch"]) == [1]
+
+
+def test_gpu_ids_are_claimed_once_each(tmp_path):
+    from fundus_tl.training import claim_gpu
+
+    first, lock_a = claim_gpu(2, tmp_path)
+    second, lock_b = claim_gpu(2, tmp_path)
+    assert {first, second} == {0, 1}
+    assert claim_gpu(2, tmp_path) is None
+    lock_a.close()
+    again, lock_c = claim_gpu(2, tmp_path)
+    assert again == first
+    lock_b.close()
+    lock_c.close()

@@ -28,7 +28,8 @@ rule skip_report:
             }
         ),
     output:
-        "results/data/skipped.tsv",
+        skipped="results/data/skipped.tsv",
+        duplicates="results/data/duplicates.tsv",
     params:
         scan_skipped=SCAN.skipped[["path", "reason"]].values.tolist(),
     conda:

@@ -100,8 +100,9 @@ class CachedImages:
 
     def __init__(self, shard_files: list[str | os.PathLike]):
         self.arrays: list[np.ndarray] = []
+        self.shard_files = sorted(map(str, shard_files))
         tables = []
-        for number, shard in enumerate(sorted(map(str, shard_files))):
+        for number, shard in enumerate(self.shard_files):
             try:
                 self.arrays.append(np.load(shard, mmap_mode="r"))
             except ValueError:  # an empty shard cannot be memory-mapped
@@ -149,4 +150,30 @@ def skipped_files(
         len(report),
         (": " + "; ".join(f"{count} x {reason}" for reason, count in by_reason.items())) if len(report) else "",
     )
+    return report
+
+
+def cross_split_duplicates(index_files: list[str | os.PathLike], out_tsv: str | os.PathLike) -> pd.DataFrame:
+    """Write pairs of byte-identical files that sit in different splits (train vs holdout/test).
+
+    A duplicate across the split boundary makes holdout metrics optimistic, so it is reported.
+    """
+    tables = [read_index(path) for path in index_files]
+    index = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=INDEX_COLUMNS)
+    index = index[index["sha1"] != ""].drop_duplicates("path")
+    index = index.assign(split=index["key"].str.split("/", n=1).str[0])
+    rows = []
+    for sha1, group in index.groupby("sha1"):
+        if group["split"].nunique() > 1:
+            first = group.iloc[0]
+            rows.extend(
+                {"sha1": sha1, "path": other["path"], "split": other["split"], "same_as": first["path"]}
+                for _, other in group.iloc[1:].iterrows()
+                if other["split"] != first["split"]
+            )
+    report = pd.DataFrame(rows, columns=["sha1", "path", "split", "same_as"])
+    with atomic_path(out_tsv) as tmp:
+        report.to_csv(tmp, sep="\t", index=False)
+    if len(report):
+        log.warning("%d files are byte-identical to a file of another split; see %s", len(report), out_tsv)
     return report

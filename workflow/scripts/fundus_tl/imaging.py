@@ -16,6 +16,16 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 PREPROCESSING = ("none", "crop", "graham")
+_EXIF_ORIENTATION = 0x0112
+_ORIENT = {  # EXIF orientation -> the operation that shows the image upright
+    2: lambda image: cv2.flip(image, 1),
+    3: lambda image: cv2.rotate(image, cv2.ROTATE_180),
+    4: lambda image: cv2.flip(image, 0),
+    5: lambda image: cv2.transpose(image),
+    6: lambda image: cv2.rotate(image, cv2.ROTATE_90_CLOCKWISE),
+    7: lambda image: cv2.rotate(cv2.transpose(image), cv2.ROTATE_180),
+    8: lambda image: cv2.rotate(image, cv2.ROTATE_90_COUNTERCLOCKWISE),
+}
 _REDUCED_FLAGS = {8: cv2.IMREAD_REDUCED_COLOR_8, 4: cv2.IMREAD_REDUCED_COLOR_4, 2: cv2.IMREAD_REDUCED_COLOR_2}
 
 
@@ -63,17 +73,22 @@ def decode(data: bytes, target: int) -> np.ndarray:
     try:
         with Image.open(io.BytesIO(data)) as header:
             width, height, kind = header.width, header.height, header.format
+            orientation = header.getexif().get(_EXIF_ORIENTATION, 1)
     except (UnidentifiedImageError, OSError) as error:
         raise UnreadableImage(f"not a readable image ({error.__class__.__name__})") from None
     buffer = np.frombuffer(data, dtype=np.uint8)
     if kind == "JPEG":
+        # The last scan of a complete JPEG is followed by an end-of-image marker.
+        if data.rfind(b"\xff\xd9") < data.rfind(b"\xff\xda"):
+            raise UnreadableImage("truncated JPEG (no end-of-image marker after the last scan)")
         factor = reduction_factor(width, height, target)
-        flag = _REDUCED_FLAGS.get(factor, cv2.IMREAD_COLOR)
-        array = cv2.imdecode(buffer, flag)
+        array = cv2.imdecode(buffer, _REDUCED_FLAGS.get(factor, cv2.IMREAD_COLOR))  # applies EXIF orientation
     else:
         array = cv2.imdecode(buffer, cv2.IMREAD_UNCHANGED | cv2.IMREAD_ANYDEPTH)
+        if array is not None:
+            array = _ORIENT.get(orientation, lambda image: image)(array)
     if array is None or array.size == 0:
-        raise UnreadableImage(f"{kind or 'image'} data could not be decoded (truncated or corrupt)")
+        raise UnreadableImage(f"{kind or 'image'} data could not be decoded (unsupported, truncated or corrupt)")
     return _to_rgb8(array)
 
 

@@ -7,17 +7,25 @@ memory-map gather plus a few tensor ops per batch, not a JPEG decode per image p
 from __future__ import annotations
 
 import copy
+import fcntl
+import hashlib
+import json
 import logging
 import math
+import os
+import sys
+import tempfile
 import time
-from dataclasses import dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
 from sklearn.utils.class_weight import compute_class_weight
+from tqdm import tqdm
 
 from .cache import CachedImages
 from .io import atomic_path
@@ -95,6 +103,43 @@ def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
+
+
+def claim_gpu(count: int, lock_dir: str | Path | None = None) -> tuple[int, IO] | None:
+    """Claim a free GPU id among `count` with an exclusive lock file; None when all are taken.
+
+    Snakemake's ``--resources gpu=N`` bounds how many training jobs run at once but assigns no
+    ids, so each job takes the first unlocked id. The lock lasts while the returned file is open
+    (the process holds it until it exits, even when killed).
+    """
+    folder = Path(lock_dir or os.environ.get("FUNDUS_TL_GPU_LOCKS", tempfile.gettempdir()))
+    folder.mkdir(parents=True, exist_ok=True)
+    for gpu in range(count):
+        handle = open(folder / f"fundus_tl-gpu{gpu}.lock", "a+")  # noqa: SIM115 - held for the job's lifetime
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            continue
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+        return gpu, handle
+    return None
+
+
+def choose_device(device: str) -> tuple[torch.device, IO | None]:
+    """Resolve ``auto``/``cuda`` to one free GPU of this machine (or the CPU), keeping its lock."""
+    target = resolve_device(device)
+    if target.type != "cuda" or target.index is not None:
+        return target, None
+    claimed = claim_gpu(torch.cuda.device_count())
+    if claimed is None:
+        log.warning("every GPU is claimed by another training job; sharing cuda:0")
+        return torch.device("cuda:0"), None
+    gpu, lock = claimed
+    return torch.device(f"cuda:{gpu}"), lock
 
 
 def augment_batch(images: torch.Tensor, settings: Augmentation, generator: torch.Generator) -> torch.Tensor:
@@ -210,6 +255,73 @@ def _amp_dtype(device: torch.device, amp: bool) -> torch.dtype | None:
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
+def split_rows(manifest: pd.DataFrame, images: CachedImages, fold: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Training and validation rows of `fold` (fold -1: all training rows vs the holdout)."""
+    usable = manifest[manifest["key"].isin(images.index.index)]
+    dropped = len(manifest) - len(usable)
+    if dropped:
+        log.warning("%d images of the manifest could not be decoded; see the skip report", dropped)
+    train = usable["split"] == "train"
+    if fold >= 0:
+        return usable[train & (usable["fold"] != fold)], usable[train & (usable["fold"] == fold)]
+    return usable[train], usable[usable["split"] == "holdout"]
+
+
+def run_fingerprint(experiment: Experiment, fold: int, seed: int, class_names: list[str], keys: list[str]) -> str:
+    """What a checkpoint must match to be resumed from: settings, fold, seed and the images."""
+    payload = json.dumps([asdict(experiment), fold, seed, class_names, keys], sort_keys=True, default=str)
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+@dataclass
+class TrainingState:
+    """Everything that changes from epoch to epoch, so a killed job resumes where it stopped."""
+
+    epoch: int = 0
+    history: list = field(default_factory=list)
+    best_score: float = -math.inf
+    best_epoch: int = 0
+    stale_epochs: int = 0
+    best_weights: dict | None = None
+
+
+def save_checkpoint(
+    path: Path, fingerprint: str, state: TrainingState, parts: dict, generator: torch.Generator
+) -> None:
+    """Write the resume checkpoint atomically after an epoch."""
+    payload = {
+        "fingerprint": fingerprint,
+        "state": asdict(state),
+        "parts": {name: part.state_dict() for name, part in parts.items()},
+        "rng": {"torch": torch.get_rng_state(), "generator": generator.get_state()},
+    }
+    if torch.cuda.is_available():
+        payload["rng"]["cuda"] = torch.cuda.get_rng_state_all()
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+
+
+def load_checkpoint(
+    path: Path, fingerprint: str, parts: dict, generator: torch.Generator, device: torch.device
+) -> TrainingState:
+    """Restore a checkpoint written for the same run; anything else starts from epoch 0."""
+    if not path.exists():
+        return TrainingState()
+    payload = torch.load(path, map_location=device, weights_only=True)
+    if payload.get("fingerprint") != fingerprint:
+        log.warning("ignoring %s: it was written for other settings or images", path)
+        return TrainingState()
+    for name, part in parts.items():
+        part.load_state_dict(payload["parts"][name])
+    torch.set_rng_state(payload["rng"]["torch"].cpu())
+    generator.set_state(payload["rng"]["generator"].cpu())
+    if "cuda" in payload["rng"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([state.cpu() for state in payload["rng"]["cuda"]])
+    state = TrainingState(**payload["state"])
+    log.info("resuming from %s after epoch %d", path, state.epoch)
+    return state
+
+
 def train_fold(
     experiment: Experiment,
     *,
@@ -221,6 +333,7 @@ def train_fold(
     model_out: str | Path,
     history_out: str | Path,
     predictions_out: str | Path,
+    checkpoint: str | Path | None = None,
     seed: int = 0,
     threads: int = 1,
     device: str = "auto",
@@ -230,40 +343,34 @@ def train_fold(
 ) -> pd.DataFrame:
     """Train on every fold but `fold`, select the best epoch on `fold`, write model/history/predictions.
 
-    With a single fold (``fold`` -1) the model trains on all training rows and is selected on the
-    holdout. Returns the history table.
+    With ``fold == -1`` the model trains on all training rows and is selected on the holdout.
+    After every epoch a checkpoint is written to `checkpoint` (default: beside `model_out`); a
+    rerun with the same settings resumes from it, and it is removed when the fold is done.
+    Returns the history table.
     """
     torch.set_num_threads(max(threads, 1))
     torch.manual_seed(seed * 1000 + fold)
     generator = torch.Generator().manual_seed(seed * 1000 + fold)
-    target_device = resolve_device(device)
+    target_device, gpu_lock = choose_device(device)
     channels_last = channels_last and target_device.type == "cuda"
     amp_dtype = _amp_dtype(target_device, amp)
     n_classes = len(class_names)
+    checkpoint = Path(checkpoint or Path(model_out).with_name("checkpoint.pt"))
 
-    usable = manifest[manifest["key"].isin(images.index.index)]
-    dropped = len(manifest) - len(usable)
-    if dropped:
-        log.warning("%d images of the manifest could not be decoded; see the skip report", dropped)
-    if fold >= 0:
-        train_rows = usable[(usable["split"] == "train") & (usable["fold"] != fold)]
-        valid_rows = usable[(usable["split"] == "train") & (usable["fold"] == fold)]
-    else:
-        train_rows = usable[usable["split"] == "train"]
-        valid_rows = usable[usable["split"] == "holdout"]
+    train_rows, valid_rows = split_rows(manifest, images, fold)
     train_keys, train_labels = train_rows["key"].tolist(), train_rows["label"].to_numpy(copy=True)
     valid_keys, valid_labels = valid_rows["key"].tolist(), valid_rows["label"].to_numpy(copy=True)
     if not train_keys or not valid_keys:
         raise ValueError(f"fold {fold}: {len(train_keys)} training and {len(valid_keys)} validation images")
 
     outputs = 1 if experiment.task == "regression" else n_classes
-    state = read_weights_file(weights_file, experiment.model) if weights_file else None
+    pretrained = read_weights_file(weights_file, experiment.model) if weights_file else None
     model = build_model(
         experiment.model,
         outputs,
         head=experiment.head,
         dropout=experiment.dropout,
-        state=state,
+        state=pretrained,
         mean=tuple(experiment.mean),
         std=tuple(experiment.std),
     )
@@ -296,11 +403,21 @@ def train_fold(
         min_lr=experiment.min_lr,
     )
     scaler = torch.amp.GradScaler(enabled=amp_dtype == torch.float16)
-    higher_is_better = experiment.monitor == "val_qwk"
-    best_score, best_state, best_epoch, stale_epochs = -math.inf, None, 0, 0
-    history = []
+    parts = {"model": model, "optimizer": optimizer, "scheduler": scheduler, "scaler": scaler}
+    fingerprint = run_fingerprint(experiment, fold, seed, list(class_names), train_keys + valid_keys)
+    state = load_checkpoint(checkpoint, fingerprint, parts, generator, target_device)
 
-    for epoch in range(1, experiment.epochs + 1):
+    def validate() -> tuple[np.ndarray, float]:
+        outputs_ = predict(
+            model, images, valid_keys, experiment.batch_size * 2, target_device, channels_last, amp_dtype
+        )
+        targets = _targets(valid_labels, experiment.task, target_device)
+        with torch.no_grad():
+            loss_ = _loss_value(loss_fn, torch.from_numpy(outputs_).to(target_device), targets, experiment.task)
+        return outputs_, loss_.item()
+
+    while state.epoch < experiment.epochs and state.stale_epochs < experiment.early_stopping_patience:
+        epoch = state.epoch + 1
         started = time.perf_counter()
         model.train()
         keep_frozen_batchnorm_in_eval(model)
@@ -308,41 +425,45 @@ def train_fold(
         if len(order) % experiment.batch_size == 1:
             order = order[:-1]  # a batch of one breaks BatchNorm statistics
         loss_sum, correct, seen = 0.0, 0, 0
-        for step, start in enumerate(range(0, len(order), experiment.batch_size), start=1):
+        starts = range(0, len(order), experiment.batch_size)
+        progress = tqdm(
+            starts, desc=f"fold {fold} epoch {epoch}", unit="batch", leave=False, disable=not sys.stderr.isatty()
+        )
+        for step, start in enumerate(progress, start=1):
             chosen = order[start : start + experiment.batch_size]
             batch = to_tensor(images.get([train_keys[i] for i in chosen]), target_device, channels_last)
             if experiment.augment.active:
                 batch = augment_batch(batch, experiment.augment, generator)
             targets = _targets(train_labels[chosen], experiment.task, target_device)
-            with torch.autocast(target_device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                logits = model(batch)
-                loss = _loss_value(loss_fn, logits.float(), targets, experiment.task)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(
-                    f"fold {fold}: loss is {loss.item()} at epoch {epoch}, batch {step}; "
-                    f"lower 'lr' (now {optimizer.param_groups[0]['lr']:g}) or check the input images"
-                )
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
+            try:
+                with torch.autocast(target_device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                    logits = model(batch)
+                    loss = _loss_value(loss_fn, logits.float(), targets, experiment.task)
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(
+                        f"fold {fold}: loss is {loss.item()} at epoch {epoch}, batch {step}; "
+                        f"lower 'lr' (now {optimizer.param_groups[0]['lr']:g}) or check the input images"
+                    )
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+            except torch.cuda.OutOfMemoryError as error:
+                raise RuntimeError(
+                    f"CUDA out of memory with batch_size {experiment.batch_size} at {experiment.image_size} px "
+                    f"({experiment.model}): lower the experiment's 'batch_size' (or 'image_size')"
+                ) from error
             loss_sum += loss.item() * len(chosen)
             seen += len(chosen)
             predicted = grades_of(logits.detach().float().cpu().numpy(), experiment.task, n_classes)
             correct += int((predicted == train_labels[chosen]).sum())
+            progress.set_postfix(loss=f"{loss_sum / seen:.4f}")
             if step % log_every == 0:
                 rate = seen / (time.perf_counter() - started)
                 log.info("epoch %d batch %d: loss %.4f, %.1f img/s", epoch, step, loss_sum / seen, rate)
         train_seconds = time.perf_counter() - started
 
-        valid_outputs = predict(
-            model, images, valid_keys, experiment.batch_size * 2, target_device, channels_last, amp_dtype
-        )
-        valid_tensor = torch.from_numpy(valid_outputs).to(target_device)
-        with torch.no_grad():
-            val_loss = _loss_value(
-                loss_fn, valid_tensor, _targets(valid_labels, experiment.task, target_device), experiment.task
-            ).item()
+        valid_outputs, val_loss = validate()
         valid_grades = grades_of(valid_outputs, experiment.task, n_classes)
         row = {
             "epoch": epoch,
@@ -355,15 +476,16 @@ def train_fold(
             "seconds": time.perf_counter() - started,
             "images_per_second": seen / max(train_seconds, 1e-9),
         }
-        history.append(row)
+        state.history.append(row)
+        state.epoch = epoch
         scheduler.step(val_loss)
-        score = row["val_qwk"] if higher_is_better else -row["val_loss"]
-        improved = score > best_score
+        score = row["val_qwk"] if experiment.monitor == "val_qwk" else -row["val_loss"]
+        improved = score > state.best_score
         if improved:
-            best_score, best_epoch, stale_epochs = score, epoch, 0
-            best_state = copy.deepcopy(model.state_dict())
+            state.best_score, state.best_epoch, state.stale_epochs = score, epoch, 0
+            state.best_weights = copy.deepcopy(model.state_dict())
         else:
-            stale_epochs += 1
+            state.stale_epochs += 1
         log.info(
             "epoch %d/%d: loss %.4f acc %.3f | val loss %.4f acc %.3f qwk %.3f | lr %.2g | %.0f s, %.1f img/s%s",
             epoch,
@@ -378,11 +500,11 @@ def train_fold(
             row["images_per_second"],
             " *" if improved else "",
         )
-        if stale_epochs >= experiment.early_stopping_patience:
-            log.info("early stop: %s did not improve for %d epochs", experiment.monitor, stale_epochs)
-            break
+        save_checkpoint(checkpoint, fingerprint, state, parts, generator)
+    if state.stale_epochs >= experiment.early_stopping_patience:
+        log.info("early stop: %s did not improve for %d epochs", experiment.monitor, state.stale_epochs)
 
-    model.load_state_dict(best_state)
+    model.load_state_dict(state.best_weights)
     meta = {
         "model": experiment.model,
         "task": experiment.task,
@@ -393,20 +515,21 @@ def train_fold(
         "image_size": experiment.image_size,
         "mean": list(experiment.mean),
         "std": list(experiment.std),
-        "imagenet_inputs": state is not None,
+        "imagenet_inputs": pretrained is not None,
         "fold": fold,
-        "best_epoch": best_epoch,
+        "best_epoch": state.best_epoch,
         "monitor": experiment.monitor,
     }
-    save_model_file(model_out, model, meta)
-    final_outputs = predict(
-        model, images, valid_keys, experiment.batch_size * 2, target_device, channels_last, amp_dtype
-    )
+    final_outputs, _ = validate()
     table = output_table(valid_rows[["key", "image", "label", "fold"]], final_outputs, experiment.task, n_classes)
     with atomic_path(predictions_out) as tmp:
         table.to_csv(tmp, sep="\t", index=False, float_format="%.6g")
-    history_table = pd.DataFrame(history)
+    history_table = pd.DataFrame(state.history)
     with atomic_path(history_out) as tmp:
         history_table.to_csv(tmp, sep="\t", index=False, float_format="%.6g")
-    log.info("fold %d: best epoch %d (%s)", fold, best_epoch, experiment.monitor)
+    save_model_file(model_out, model, meta)
+    checkpoint.unlink(missing_ok=True)
+    if gpu_lock is not None:
+        gpu_lock.close()
+    log.info("fold %d: best epoch %d (%s)", fold, state.best_epoch, experiment.monitor)
     return history_table
