@@ -132,3 +132,9 @@ def test_conda_environment_pins_equal_requirements():
     conda_pins = set(next(item for item in env["dependencies"] if isinstance(item, dict))["pip"])
     requirements = {line for line in (root / "requirements.txt").read_text().splitlines() if "==" in line}
     assert conda_pins == {pin for pin in requirements if not pin.startswith(("pytest", "ruff"))}
+
+
+def test_inception_below_its_auxiliary_heads_minimum_size_is_a_config_error():
+    with pytest.raises(ConfigError, match="auxiliary head needs at least 299 px; set aux_loss_weight: 0"):
+        resolve_experiment("seed", {"model": "inception_v3", "image_size": 224})
+    assert resolve_experiment("seed", {"model": "inception_v3", "image_size": 224, "aux_loss_weight": 0})

@@ -211,3 +211,65 @@ def test_gpu_ids_are_claimed_once_each(tmp_path):
     assert again == first
     lock_b.close()
     lock_c.close()
+
+
+def test_frozen_backbone_stays_put_and_unfreeze_after_releases_it(cached, tmp_path):
+    from fundus_tl.models import read_weights_file
+
+    pretrained = read_weights_file(cached[2], "timm:efficientnet_lite0")
+    run(cached, tmp_path / "frozen", epochs=2, freeze_layers="backbone", unfreeze_after=5)
+    frozen = torch.load(tmp_path / "frozen/model.pt", weights_only=True)["state_dict"]
+    for name in ("conv_stem.weight", "bn1.running_mean", "blocks.3.0.conv_pw.weight", "bn2.running_var"):
+        assert torch.equal(frozen[f"backbone.{name}"], pretrained[name]), name
+    run(cached, tmp_path / "released", epochs=1, freeze_layers="backbone", unfreeze_after=0)
+    released = torch.load(tmp_path / "released/model.pt", weights_only=True)["state_dict"]
+    assert not torch.equal(released["backbone.conv_stem.weight"], pretrained["conv_stem.weight"])
+
+
+def test_cosine_schedule_warms_up_then_decays_to_min_lr():
+    from fundus_tl.training import make_scheduler
+
+    settings = experiment(scheduler="cosine", warmup_epochs=2, epochs=6, lr=1e-3, min_lr=1e-5)
+    parameter = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.Adam([parameter], lr=settings.lr)
+    scheduler = make_scheduler(settings, optimizer)
+    rates = []
+    for _ in range(6):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert rates[0] < rates[1] < rates[2] == pytest.approx(1e-3)
+    assert rates[2] > rates[3] > rates[4] > rates[5] >= 1e-5
+
+
+def test_nan_loss_stops_with_epoch_and_batch(cached, tmp_path):
+    from fundus_tl.models import read_weights_file
+
+    poisoned = read_weights_file(cached[2], "timm:efficientnet_lite0")
+    poisoned["conv_stem.weight"][0, 0, 0, 0] = float("nan")
+    torch.save(poisoned, tmp_path / "nan.pth")
+    manifest, images, _ = cached
+    with pytest.raises(FloatingPointError, match=r"loss is nan at epoch 1, batch 1; lower 'lr'"):
+        train_fold(
+            experiment(),
+            manifest=manifest,
+            images=images,
+            fold=0,
+            class_names=CLASSES,
+            weights_file=str(tmp_path / "nan.pth"),
+            model_out=tmp_path / "m.pt",
+            history_out=tmp_path / "h.tsv",
+            predictions_out=tmp_path / "o.tsv",
+            device="cpu",
+        )
+
+
+def test_inception_trains_its_auxiliary_head_with_weight(tmp_path):
+    from fundus_tl.models import build_model
+
+    model = build_model("inception_v3", 5, aux_head=True).train()
+    logits, aux = model(torch.rand(2, 3, 299, 299) * 255)
+    assert logits.shape == aux.shape == (2, 5)
+    assert isinstance(model.eval()(torch.rand(1, 3, 80, 80) * 255), torch.Tensor)
+    assert experiment(model="inception_v3").uses_aux_head
+    assert not experiment(model="inception_v3", aux_loss_weight=0).uses_aux_head

@@ -68,6 +68,11 @@ def resolve_experiment(name: str, entry: dict) -> dict:
         )
     if entry["model"] == "inception_v3" and int(resolved["image_size"]) < 75:
         raise ConfigError(f"experiments.{name}.image_size: inception_v3 needs at least 75 px")
+    if entry["model"] == "inception_v3" and resolved.get("aux_loss_weight", 0.4) > 0 and resolved["image_size"] < 299:
+        raise ConfigError(
+            f"experiments.{name}.image_size: inception_v3's auxiliary head needs at least 299 px; "
+            f"set aux_loss_weight: 0 to train smaller images without it"
+        )
     weights = resolved.get("weights", "imagenet")
     if weights not in ("imagenet", "none", None) and not Path(weights).is_file():
         raise ConfigError(f"experiments.{name}.weights: '{weights}' is neither 'imagenet', 'none' nor an existing file")

@@ -183,8 +183,12 @@ def read_weights_file(path: str | os.PathLike, name: str) -> dict:
 # --------------------------------------------------------------------------- networks
 
 
-def _build_torchvision(name: str, state: dict | None, imagenet_inputs: bool) -> tuple[Any, int]:
-    """torchvision backbone without its classifier, and the width of the features it returns."""
+def _build_torchvision(name: str, state: dict | None, imagenet_inputs: bool, aux_outputs: int = 0) -> tuple[Any, int]:
+    """torchvision backbone without its classifier, and the width of the features it returns.
+
+    With `aux_outputs` > 0, InceptionV3 keeps its auxiliary classifier, re-headed to that many
+    outputs; in training mode the backbone then returns (features, auxiliary logits).
+    """
     import torch
     import torchvision
 
@@ -195,18 +199,21 @@ def _build_torchvision(name: str, state: dict | None, imagenet_inputs: bool) -> 
     net = torchvision.models.get_model(name, weights=None, **kwargs)
     if state is not None:
         net.load_state_dict(state)
-    for aux in ("AuxLogits", "aux1", "aux2"):
-        if hasattr(net, aux):
-            setattr(net, aux, None)
-    if hasattr(net, "aux_logits"):
-        net.aux_logits = False
+    if aux_outputs and name == "inception_v3":
+        net.AuxLogits.fc = torch.nn.Linear(net.AuxLogits.fc.in_features, aux_outputs)
+    else:
+        for aux in ("AuxLogits", "aux1", "aux2"):
+            if hasattr(net, aux):
+                setattr(net, aux, None)
+        if hasattr(net, "aux_logits"):
+            net.aux_logits = False
     if isinstance(net, torchvision.models.VGG | torchvision.models.AlexNet):
         # Keras' include_top=False + global pooling: keep the convolutions, drop the 4096-wide FCs.
         width = [m for m in net.features.modules() if isinstance(m, torch.nn.Conv2d)][-1].out_channels
         net.avgpool = torch.nn.AdaptiveAvgPool2d(1)
         net.classifier = torch.nn.Identity()
         return net, width
-    linears = [(path, m) for path, m in net.named_modules() if isinstance(m, torch.nn.Linear)]
+    linears = [(path, m) for path, m in net.named_modules() if isinstance(m, torch.nn.Linear) and "Aux" not in path]
     if not linears:
         raise UnknownModel(f"model '{name}' has no linear classifier to replace; pick another model")
     path, last = linears[-1]
@@ -254,11 +261,14 @@ def build_model(
     mean: tuple = IMAGENET_MEAN,
     std: tuple = IMAGENET_STD,
     imagenet_inputs: bool | None = None,
+    aux_head: bool = False,
 ) -> Any:
     """Backbone (optionally with `state` loaded) + head; takes float RGB in [0, 255], NCHW.
 
     `imagenet_inputs` (default: whether `state` is given) tells InceptionV3/GoogLeNet that their
     weights came from torchvision's ImageNet checkpoints, which need an input transform.
+    `aux_head` keeps InceptionV3's auxiliary classifier: training-mode calls then return
+    (logits, auxiliary logits), as torchvision's references train it.
     """
     import torch
     from torch import nn
@@ -269,7 +279,7 @@ def build_model(
     if name.startswith(TIMM_PREFIX):
         backbone, width = _build_timm(name, state)
     else:
-        backbone, width = _build_torchvision(name, state, imagenet_inputs)
+        backbone, width = _build_torchvision(name, state, imagenet_inputs, outputs if aux_head else 0)
 
     class TransferModel(nn.Module):
         def __init__(self) -> None:
@@ -279,8 +289,10 @@ def build_model(
             self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1) * 255)
             self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1) * 255)
 
-        def forward(self, images: torch.Tensor) -> torch.Tensor:
+        def forward(self, images: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
             features = self.backbone((images - self.mean) / self.std)
+            if isinstance(features, tuple):  # InceptionV3 in training mode with its auxiliary head
+                return self.head(features[0]), features[1]
             return self.head(features)
 
     return TransferModel()
@@ -306,6 +318,14 @@ def freeze_first_layers(model: Any, count: int | str) -> list[str]:
             parameter.requires_grad_(False)
         layer.frozen = True
     return [path for path, _ in chosen]
+
+
+def unfreeze_all(model: Any) -> None:
+    """Make every parameter trainable again (``unfreeze_after``)."""
+    for layer in model.modules():
+        layer.frozen = False
+    for parameter in model.parameters():
+        parameter.requires_grad_(True)
 
 
 def keep_frozen_batchnorm_in_eval(model: Any) -> None:
@@ -350,6 +370,7 @@ def load_model_file(path: str | os.PathLike, device: Any = "cpu") -> tuple[Any, 
         mean=tuple(meta["mean"]),
         std=tuple(meta["std"]),
         imagenet_inputs=meta["imagenet_inputs"],
+        aux_head=meta.get("aux_head", False),
     )
     model.load_state_dict(data["state_dict"])
     return model.to(device).eval(), meta

@@ -16,6 +16,8 @@ import os
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import IO
@@ -28,6 +30,7 @@ from sklearn.utils.class_weight import compute_class_weight
 from tqdm import tqdm
 
 from .cache import CachedImages
+from .folds import check_class_counts
 from .io import atomic_path
 from .metrics import grades_from_scores, quadratic_kappa
 from .models import (
@@ -37,6 +40,7 @@ from .models import (
     keep_frozen_batchnorm_in_eval,
     read_weights_file,
     save_model_file,
+    unfreeze_all,
 )
 
 log = logging.getLogger(__name__)
@@ -82,7 +86,17 @@ class Experiment:
     min_lr: float = 1e-6
     early_stopping_patience: int = 10
     monitor: str = "val_loss"
+    scheduler: str = "plateau"
+    warmup_epochs: int = 0
+    unfreeze_after: int | None = None
+    backbone_lr_factor: float = 1.0
+    aux_loss_weight: float = 0.4
     augment: Augmentation = field(default_factory=Augmentation)
+
+    @property
+    def uses_aux_head(self) -> bool:
+        """InceptionV3's auxiliary classifier is trained alongside, as torchvision's references do."""
+        return self.model == "inception_v3" and self.aux_loss_weight > 0
 
     @classmethod
     def from_config(cls, config: dict) -> Experiment:
@@ -249,19 +263,65 @@ def output_table(rows: pd.DataFrame, outputs: np.ndarray, task: str, n_classes: 
     return table
 
 
+def make_scheduler(experiment: Experiment, optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler:
+    """``plateau``: the seed's ReduceLROnPlateau on val_loss; ``cosine``: linear warm-up, then cosine to min_lr."""
+    if experiment.scheduler == "plateau":
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimizer,
+            mode="min",
+            factor=experiment.plateau_factor,
+            patience=experiment.plateau_patience,
+            min_lr=experiment.min_lr,
+        )
+    if experiment.scheduler != "cosine":
+        raise ValueError(f"scheduler '{experiment.scheduler}' is not one of plateau, cosine")
+    warmup, total = experiment.warmup_epochs, experiment.epochs
+    floor = min(experiment.min_lr / experiment.lr, 1.0)
+
+    def factor(finished_epochs: int) -> float:
+        """lr multiplier for the epoch after `finished_epochs` epochs."""
+        if finished_epochs < warmup:
+            return (finished_epochs + 1) / (warmup + 1)
+        progress = (finished_epochs - warmup) / max(total - warmup, 1)
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def prefetched_batches(images: CachedImages, keys: list[str], batch_size: int) -> Iterator[tuple[int, np.ndarray]]:
+    """Yield (start, uint8 batch) while the next batch is gathered from the memory maps in a thread."""
+    starts = list(range(0, len(keys), batch_size))
+    if not starts:
+        return
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pending = pool.submit(images.get, keys[:batch_size])
+        for number, start in enumerate(starts):
+            batch = pending.result()
+            if number + 1 < len(starts):
+                following = starts[number + 1]
+                pending = pool.submit(images.get, keys[following : following + batch_size])
+            yield start, batch
+
+
 def _amp_dtype(device: torch.device, amp: bool) -> torch.dtype | None:
     if not amp or device.type != "cuda":
         return None
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
-def split_rows(manifest: pd.DataFrame, images: CachedImages, fold: int) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Training and validation rows of `fold` (fold -1: all training rows vs the holdout)."""
+def split_rows(
+    manifest: pd.DataFrame, images: CachedImages, fold: int, class_names: list[str]
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Training and validation rows of `fold` (fold -1: all training rows vs the holdout).
+
+    Images that could not be decoded are left out; every class must still fill every fold.
+    """
     usable = manifest[manifest["key"].isin(images.index.index)]
     dropped = len(manifest) - len(usable)
     if dropped:
         log.warning("%d images of the manifest could not be decoded; see the skip report", dropped)
     train = usable["split"] == "train"
+    check_class_counts(usable[train], class_names, max(int(usable["fold"].max()) + 1, 1))
     if fold >= 0:
         return usable[train & (usable["fold"] != fold)], usable[train & (usable["fold"] == fold)]
     return usable[train], usable[usable["split"] == "holdout"]
@@ -357,7 +417,7 @@ def train_fold(
     n_classes = len(class_names)
     checkpoint = Path(checkpoint or Path(model_out).with_name("checkpoint.pt"))
 
-    train_rows, valid_rows = split_rows(manifest, images, fold)
+    train_rows, valid_rows = split_rows(manifest, images, fold, list(class_names))
     train_keys, train_labels = train_rows["key"].tolist(), train_rows["label"].to_numpy(copy=True)
     valid_keys, valid_labels = valid_rows["key"].tolist(), valid_rows["label"].to_numpy(copy=True)
     if not train_keys or not valid_keys:
@@ -373,6 +433,7 @@ def train_fold(
         state=pretrained,
         mean=tuple(experiment.mean),
         std=tuple(experiment.std),
+        aux_head=experiment.uses_aux_head,
     )
     frozen = freeze_first_layers(model, experiment.freeze_layers) if experiment.freeze_layers else []
     model = model.to(target_device)
@@ -392,16 +453,16 @@ def train_fold(
     )
 
     loss_fn = make_loss(experiment, train_labels, n_classes).to(target_device)
+    # Frozen parameters sit in the optimizer without gradients (Adam skips them) until unfrozen.
     optimizer = torch.optim.Adam(
-        (p for p in model.parameters() if p.requires_grad), lr=experiment.lr, betas=(0.9, 0.999), eps=1e-8
+        [
+            {"params": list(model.backbone.parameters()), "lr": experiment.lr * experiment.backbone_lr_factor},
+            {"params": list(model.head.parameters()), "lr": experiment.lr},
+        ],
+        betas=(0.9, 0.999),
+        eps=1e-8,
     )
-    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-        optimizer,
-        mode="min",
-        factor=experiment.plateau_factor,
-        patience=experiment.plateau_patience,
-        min_lr=experiment.min_lr,
-    )
+    scheduler = make_scheduler(experiment, optimizer)
     scaler = torch.amp.GradScaler(enabled=amp_dtype == torch.float16)
     parts = {"model": model, "optimizer": optimizer, "scheduler": scheduler, "scaler": scaler}
     fingerprint = run_fingerprint(experiment, fold, seed, list(class_names), train_keys + valid_keys)
@@ -419,26 +480,41 @@ def train_fold(
     while state.epoch < experiment.epochs and state.stale_epochs < experiment.early_stopping_patience:
         epoch = state.epoch + 1
         started = time.perf_counter()
+        if experiment.unfreeze_after is not None and epoch > experiment.unfreeze_after:
+            if epoch == experiment.unfreeze_after + 1:
+                log.info("epoch %d: unfreezing the whole network", epoch)
+            unfreeze_all(model)
         model.train()
         keep_frozen_batchnorm_in_eval(model)
         order = torch.randperm(len(train_keys), generator=generator).numpy()
         if len(order) % experiment.batch_size == 1:
             order = order[:-1]  # a batch of one breaks BatchNorm statistics
         loss_sum, correct, seen = 0.0, 0, 0
-        starts = range(0, len(order), experiment.batch_size)
+        batches = prefetched_batches(images, [train_keys[i] for i in order], experiment.batch_size)
         progress = tqdm(
-            starts, desc=f"fold {fold} epoch {epoch}", unit="batch", leave=False, disable=not sys.stderr.isatty()
+            total=math.ceil(len(order) / experiment.batch_size),
+            desc=f"fold {fold} epoch {epoch}",
+            unit="batch",
+            leave=False,
+            disable=not sys.stderr.isatty(),
         )
-        for step, start in enumerate(progress, start=1):
+        for step, (start, pixels) in enumerate(batches, start=1):
             chosen = order[start : start + experiment.batch_size]
-            batch = to_tensor(images.get([train_keys[i] for i in chosen]), target_device, channels_last)
+            batch = to_tensor(pixels, target_device, channels_last)
             if experiment.augment.active:
                 batch = augment_batch(batch, experiment.augment, generator)
             targets = _targets(train_labels[chosen], experiment.task, target_device)
             try:
                 with torch.autocast(target_device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                     logits = model(batch)
-                    loss = _loss_value(loss_fn, logits.float(), targets, experiment.task)
+                    if isinstance(logits, tuple):
+                        logits, aux_logits = logits
+                        loss = _loss_value(loss_fn, logits.float(), targets, experiment.task)
+                        loss = loss + experiment.aux_loss_weight * _loss_value(
+                            loss_fn, aux_logits.float(), targets, experiment.task
+                        )
+                    else:
+                        loss = _loss_value(loss_fn, logits.float(), targets, experiment.task)
                 if not torch.isfinite(loss):
                     raise FloatingPointError(
                         f"fold {fold}: loss is {loss.item()} at epoch {epoch}, batch {step}; "
@@ -457,10 +533,12 @@ def train_fold(
             seen += len(chosen)
             predicted = grades_of(logits.detach().float().cpu().numpy(), experiment.task, n_classes)
             correct += int((predicted == train_labels[chosen]).sum())
+            progress.update()
             progress.set_postfix(loss=f"{loss_sum / seen:.4f}")
             if step % log_every == 0:
                 rate = seen / (time.perf_counter() - started)
                 log.info("epoch %d batch %d: loss %.4f, %.1f img/s", epoch, step, loss_sum / seen, rate)
+        progress.close()
         train_seconds = time.perf_counter() - started
 
         valid_outputs, val_loss = validate()
@@ -478,7 +556,10 @@ def train_fold(
         }
         state.history.append(row)
         state.epoch = epoch
-        scheduler.step(val_loss)
+        if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            scheduler.step(val_loss)
+        else:
+            scheduler.step()
         score = row["val_qwk"] if experiment.monitor == "val_qwk" else -row["val_loss"]
         improved = score > state.best_score
         if improved:
@@ -516,6 +597,7 @@ def train_fold(
         "mean": list(experiment.mean),
         "std": list(experiment.std),
         "imagenet_inputs": pretrained is not None,
+        "aux_head": experiment.uses_aux_head,
         "fold": fold,
         "best_epoch": state.best_epoch,
         "monitor": experiment.monitor,
