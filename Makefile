@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 CORES ?= $(shell nproc)
 SNAKEMAKE := $(BIN)/python -m snakemake
 
-.PHONY: venv demo test lint dag clean-demo
+.PHONY: venv demo test lint dag bench-cache bench-train clean-demo
 
 $(VENV)/.installed: requirements.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,6 +28,12 @@ lint: venv
 
 dag: venv  ## draw the demo DAG (needs graphviz's dot)
 	$(SNAKEMAKE) --configfile config/demo.yaml --dag | dot -Tsvg > dag.svg
+
+bench-cache: venv  ## data stage: cache build vs the seed's decode path (prints a Markdown table)
+	$(BIN)/python benchmarks/bench_cache.py
+
+bench-train: venv  ## training stage: uint8-cache pipeline vs decode-every-epoch pipeline
+	$(BIN)/python benchmarks/bench_train.py
 
 clean-demo:
 	rm -rf results resources/demo
