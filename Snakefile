@@ -14,6 +14,10 @@ include: "workflow/rules/train.smk"
 include: "workflow/rules/evaluate.smk"
 
 
+onsuccess:
+    print_headline("results/leaderboard.tsv")
+
+
 rule all:
     input:
         final_outputs(),

@@ -27,7 +27,7 @@ The test images come from `bench_cache.ensure_images`: synthetic fundus pictures
 with sensor-like noise, so that the JPEGs weigh about 1 MB like real ones.
 
 Usage: ``.venv/bin/python benchmarks/bench_train.py [--images 64] [--size 192] [--threads 2]
-[--batch-size 16] [--steps 16] [--repeats 2] [--workdir DIR]``
+[--batch-size 16] [--steps 24] [--repeats 2] [--workdir DIR]``
 """
 
 from __future__ import annotations
@@ -75,9 +75,7 @@ RSS_CACHE_IMAGES = (1000, 4000)
 RSS_GROWTH_TOLERANCE = 1.1
 GOAL_SPEEDUP = 1.5
 CPU = torch.device("cpu")
-REFERENCE = (
-    "plain PyTorch, Lite0, 192 px, 2 threads, 512-px JPEGs: 10.6 img/s (measured earlier on this machine class)"
-)
+REFERENCE = "plain PyTorch, Lite0, 192 px, 2 threads, 512-px JPEGs: 10.6 img/s (measured earlier on this machine class)"
 OURS = "ours"
 PLAIN = "plain"
 
@@ -300,7 +298,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=192, help="model input side in pixels (default 192)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads and DataLoader workers (default 2)")
     parser.add_argument("--batch-size", type=int, default=16, help="images per batch (default 16)")
-    parser.add_argument("--steps", type=int, default=16, help="timed batches per measurement (default 16)")
+    parser.add_argument("--steps", type=int, default=24, help="timed batches per measurement (default 24)")
     parser.add_argument("--repeats", type=int, default=2, help="runs per timing, fastest kept (default 2)")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/fundus-bench-train"), help="images and shards")
     args = parser.parse_args()

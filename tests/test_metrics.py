@@ -24,3 +24,23 @@ def test_grading_report_confusion_matrix_rows_are_actual_grades():
     assert report["confusion_matrix"] == [[1, 1, 0], [0, 1, 0], [0, 0, 1]]
     assert report["accuracy"] == 0.75
     assert report["n"] == 4
+
+
+def test_threshold_search_improves_qwk_on_compressed_scores():
+    from fundus_tl.metrics import grades_from_thresholds, optimise_thresholds
+
+    rng = np.random.default_rng(0)
+    actual = rng.integers(0, 5, 400)
+    scores = 0.55 * actual + rng.normal(0, 0.25, 400)  # a regressor that shrinks towards 0
+    rounded = quadratic_kappa(actual, grades_from_scores(scores, 5), 5)
+    thresholds = optimise_thresholds(scores, actual, 5)
+    tuned = quadratic_kappa(actual, grades_from_thresholds(scores, thresholds), 5)
+    assert tuned > rounded + 0.05
+    assert thresholds == sorted(thresholds) and thresholds[-1] < 3.5
+    assert grades_from_thresholds(np.array([0.2, 0.5, 1.7, 9.0]), [0.5, 1.5, 2.5, 3.5]).tolist() == [0, 1, 2, 4]
+
+
+def test_per_class_precision_recall_and_row_normalised_matrix():
+    report = grading_report(np.array([0, 0, 1, 1]), np.array([0, 1, 1, 1]), 2)
+    assert report["per_class"][1] == {"grade": 1, "precision": 2 / 3, "recall": 1.0, "support": 2}
+    assert report["confusion_matrix_normalised"] == [[0.5, 0.5], [0.0, 1.0]]

@@ -273,3 +273,23 @@ def test_inception_trains_its_auxiliary_head_with_weight(tmp_path):
     assert isinstance(model.eval()(torch.rand(1, 3, 80, 80) * 255), torch.Tensor)
     assert experiment(model="inception_v3").uses_aux_head
     assert not experiment(model="inception_v3", aux_loss_weight=0).uses_aux_head
+
+
+def test_fold_ensemble_averages_softmax_probabilities(cached, tmp_path):
+    from fundus_tl.evaluation import ensemble_outputs
+    from fundus_tl.training import predict
+
+    manifest, images, _ = cached
+    run(cached, tmp_path / "a", epochs=1)
+    run(cached, tmp_path / "b", fold=1, epochs=1)
+    keys = manifest.loc[manifest["split"] == "holdout", "key"].tolist()
+    averaged, each, meta = ensemble_outputs(
+        [tmp_path / "a/model.pt", tmp_path / "b/model.pt"], images, keys, device="cpu"
+    )
+    assert meta["task"] == "classification" and len(each) == 2
+    by_hand = []
+    for path in ("a", "b"):
+        model, _ = load_model_file(tmp_path / path / "model.pt")
+        by_hand.append(torch.softmax(torch.from_numpy(predict(model, images, keys, 4, torch.device("cpu"))), 1))
+    assert np.allclose(averaged, ((by_hand[0] + by_hand[1]) / 2).numpy(), atol=1e-5)
+    assert np.allclose(averaged.sum(axis=1), 1, atol=1e-5)

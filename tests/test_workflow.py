@@ -102,6 +102,20 @@ def test_full_run_writes_every_stage_output(project):
     assert "not a readable image" in names["broken.jpeg"] or "could not be decoded" in names["broken.jpeg"]
     for rule_log in ("folds.log", "skip_report.log", "train/tiny/fold0.log", "evaluate/tiny.log"):
         assert (workdir / "results/logs" / rule_log).stat().st_size > 0, rule_log
+    for plot in ("confusion_oof", "confusion_holdout", "learning_curves", "roc"):
+        assert (workdir / f"results/tiny/plots/{plot}.png").stat().st_size > 10_000, plot
+    assert len(summary["holdout"]["per_fold"]) == 2
+    assert sum(row["support"] for row in summary["oof"]["per_class"]) == 32
+    leaderboard = pd.read_csv(workdir / "results/leaderboard.tsv", sep="\t")
+    assert leaderboard["experiment"].tolist() == ["tiny"]
+
+
+def test_report_html_contains_the_plots(project):
+    workdir, _ = project
+    snakemake(workdir, "--report", "report.html")
+    html = (workdir / "report.html").read_text(errors="replace")
+    for name in ("confusion_oof.png", "learning_curves.png", "roc.png", "class_balance.png", "leaderboard.tsv"):
+        assert name in html, name
 
 
 def test_nothing_to_do_after_a_full_run(project):
@@ -115,7 +129,7 @@ def test_editing_lr_reruns_only_that_experiments_training_and_evaluation(project
     edited["experiments"]["tiny"]["lr"] = 0.0005
     write_config(workdir, edited)
     try:
-        assert planned_jobs(workdir) == {"train": 2, "evaluate": 1, "predict": 1, "all": 1}
+        assert planned_jobs(workdir) == {"train": 2, "evaluate": 1, "predict": 1, "leaderboard": 1, "all": 1}
     finally:
         write_config(workdir, config)
 
@@ -179,3 +193,38 @@ def test_config_errors_name_the_key(project, tmp_path, change, message):
         write_config(workdir, config)
     assert result.returncode != 0
     assert message in result.stdout + result.stderr
+
+
+def test_single_split_regression_and_classification_make_a_leaderboard(tmp_path):
+    """The seed's _ffd script (folds: 1) and _reg script (regression) as two experiments of one run."""
+    workdir = tmp_path / "single split"
+    workdir.mkdir()
+    shutil.copy(REPO / "Snakefile", workdir)
+    shutil.copytree(REPO / "workflow", workdir / "workflow", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(REPO / "config", workdir / "config")
+    data = tmp_path / "data"
+    write_class_folders(data, "train", [6, 4, 4, 4, 4])
+    write_class_folders(data, "validation", [2, 2, 2, 2, 2], first_patient=1000)
+    common = {"model": "timm:efficientnet_lite0", "image_size": 40, "batch_size": 8, "epochs": 1, "lr": 0.001}
+    write_config(
+        workdir,
+        {
+            "data": {"root": str(data)},
+            "folds": 1,
+            "cache": {"shards": 1, "threads": 1},
+            "runtime": {"train_threads": 1},
+            "run_experiments": ["classify", "regress"],
+            "experiments": {"classify": common, "regress": {**common, "task": "regression"}},
+        },
+    )
+    result = snakemake(workdir)
+    assert "Results (results/<experiment>/summary.json" in result.stdout + result.stderr
+    board = pd.read_csv(workdir / "results/leaderboard.tsv", sep="\t")
+    assert sorted(board["experiment"]) == ["classify", "regress"]
+    assert board["holdout_qwk"].notna().all() and (board["parameters"] > 1_000_000).all()
+    regress = json.loads((workdir / "results/regress/summary.json").read_text())
+    assert regress["folds"] == 1 and "validation" in regress and "oof" not in regress
+    assert regress["thresholds"]["values"] == [0.5, 1.5, 2.5, 3.5]
+    assert regress["holdout"]["n"] == 10 and "with_thresholds" in regress["holdout"]
+    holdout = pd.read_csv(workdir / "results/regress/holdout_predictions.csv")
+    assert {"score", "predicted", "predicted_thresholds", "actual"} <= set(holdout.columns)

@@ -116,9 +116,19 @@ def fold_outputs(experiment: str, name: str) -> list[str]:
 
 
 def final_outputs() -> list[str]:
-    targets = ["results/data/skipped.tsv"]
+    targets = ["results/data/skipped.tsv", "results/leaderboard.tsv"]
     for name in EXPERIMENTS:
         targets.append(f"results/{name}/summary.json")
         if DATA.get("test_dir"):
             targets.append(f"results/{name}/predictions.csv")
     return targets
+
+
+def print_headline(leaderboard: str) -> None:
+    """After a successful run, the numbers users look for first."""
+    if not Path(leaderboard).exists():
+        return
+    table = pd.read_csv(leaderboard, sep="\t")
+    columns = ["experiment", "model", "oof_qwk", "oof_accuracy", "holdout_qwk", "holdout_accuracy", "training_minutes"]
+    print("\nResults (results/<experiment>/summary.json, results/leaderboard.tsv):")
+    print(table[columns].to_string(index=False, float_format=lambda value: f"{value:.3f}"))

@@ -2,7 +2,12 @@ rule folds:
     input:
         labelled_image_files,
     output:
-        "results/data/folds.tsv",
+        manifest="results/data/folds.tsv",
+        balance=report(
+            "results/data/class_balance.png",
+            caption="../report/class_balance.rst",
+            category="Data",
+        ),
     params:
         data=data_params(),
         folds=config["folds"],

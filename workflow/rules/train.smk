@@ -13,7 +13,7 @@ rule pretrained_weights:
 
 rule train:
     input:
-        manifest="results/data/folds.tsv",
+        manifest=rules.folds.output.manifest,
         shards=lambda wildcards: shard_files(wildcards.experiment, ("train", "holdout")),
         weights=weights_input,
     output:

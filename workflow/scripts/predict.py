@@ -11,6 +11,7 @@ torch.set_num_threads(snakemake.threads)
 predict_images(
     model_files=list(snakemake.input.models),
     images=CachedImages(snakemake.input.shards),
+    summary_file=snakemake.input.summary,
     out_csv=snakemake.output[0],
     batch_size=snakemake.params.batch_size,
     device=snakemake.config["runtime"]["device"],
