@@ -59,7 +59,7 @@ from torchvision.transforms import InterpolationMode, v2
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "workflow" / "scripts"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_cache import describe_images, ensure_images, warm_page_cache
+from bench_cache import cpu_parallelism, describe_images, ensure_images, warm_page_cache
 
 from fundus_tl.cache import CachedImages, build_shard, index_path
 from fundus_tl.models import LITE0, build_model, imagenet_state_dict, model_defaults
@@ -200,16 +200,25 @@ def measure(batches: Iterator[Batch], consume: Callable[[torch.Tensor, torch.Ten
     return Throughput(images, time.perf_counter() - started)
 
 
-def fastest_of(repeats: int, measurements: dict[str, Callable[[], Throughput]]) -> dict[str, Throughput]:
-    """Run the measurements `repeats` times, interleaved so noise hits all alike; keep each one's fastest run."""
+def fastest_of(
+    repeats: int, measurements: dict[str, Callable[[], Throughput]]
+) -> tuple[dict[str, Throughput], list[float]]:
+    """Run the measurements `repeats` times, interleaved so noise hits all alike; keep each one's fastest run.
+
+    Each round first measures the CPU parallelism on offer (2.0 on two free cores); those figures are
+    returned with the results, since other work on a shared machine slows every pipeline.
+    """
     fastest: dict[str, Throughput] = {}
+    parallelism = []
     for repeat in range(1, repeats + 1):
+        parallelism.append(cpu_parallelism())
+        print(f"  [{repeat}/{repeats}] CPU parallelism: 2 processes do {parallelism[-1]:.2f}x the work of 1")
         for label, run in measurements.items():
             result = run()
             print(f"  [{repeat}/{repeats}] {label}: {result.describe()}", flush=True)
             if label not in fastest or result.per_second > fastest[label].per_second:
                 fastest[label] = result
-    return fastest
+    return fastest, parallelism
 
 
 def time_build_shard(items: pd.DataFrame, shard: Path, size: int, threads: int) -> float:
@@ -333,11 +342,11 @@ def main() -> None:
 
     setting = f"{size} px, batch {batch_size}, {threads} threads, {steps} batches after a warm-up batch"
     print(f"(a) loader only, no model ({setting}):")
-    loader = fastest_of(args.repeats, {OURS: lambda: ours(discard), PLAIN: lambda: plain(discard)})
+    loader, loader_parallelism = fastest_of(args.repeats, {OURS: lambda: ours(discard), PLAIN: lambda: plain(discard)})
 
     state = imagenet_state_dict(MODEL)
     print(f"(b) training {MODEL} on the CPU ({setting}):")
-    training = fastest_of(
+    training, training_parallelism = fastest_of(
         args.repeats,
         {OURS: lambda: ours(Trainer(state).step), PLAIN: lambda: plain(Trainer(state).step)},
     )
@@ -366,6 +375,7 @@ def main() -> None:
     if rss_ratio > RSS_GROWTH_TOLERANCE:
         print(f"NOTE: peak RSS grows {rss_ratio:.2f}x from {small} to {large} cached images")
 
+    parallelism = ", ".join(f"{value:.2f}x" for value in loader_parallelism + training_parallelism)
     plain_label = f"plain (PIL decode + resize + v2 augmentation, DataLoader num_workers={threads})"
     ours_label = "ours (`CachedImages.get` + `to_tensor` + `augment_batch`)"
     rows = [
@@ -390,6 +400,7 @@ def main() -> None:
     ]
     rows += [
         (f"Peak RSS, {large} / {small} cached images", f"{rss_ratio:.2f}x"),
+        ("CPU parallelism on offer before each timed round (2 pure-CPU processes / 1)", parallelism),
         ("Machine", machine_description()),
     ]
     print(f"total {time.perf_counter() - started:.0f} s")

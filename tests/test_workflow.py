@@ -151,17 +151,39 @@ def test_image_size_switch_recaches_and_switching_back_reuses_the_old_cache(proj
     assert back["train"] == 2
 
 
-def test_adding_one_image_recaches_only_its_shard(project):
+def test_adding_touching_or_removing_one_image_recaches_only_its_shard(project):
     workdir, config = project
+    import os
+    import time
+
     import cv2
 
+    baseline = planned_jobs(workdir)  # earlier tests may have left training stale; the cache is current
+    assert "cache_shard" not in baseline
     new = Path(config["data"]["root"]) / "train" / "class3" / "3000_left.jpeg"
     cv2.imwrite(str(new), fundus_like(3, 3000))
     try:
-        jobs = planned_jobs(workdir)
-        assert jobs["cache_shard"] == 1
+        assert planned_jobs(workdir)["cache_shard"] == 1
     finally:
         new.unlink()
+    assert planned_jobs(workdir) == baseline
+
+    existing = sorted((Path(config["data"]["root"]) / "train" / "class2").glob("*.jpeg"))[0]
+    content, stamp = existing.read_bytes(), existing.stat()
+    time.sleep(0.01)
+    cv2.imwrite(str(existing), fundus_like(2, 4000))  # edited in place (a mere touch of a small file is
+    try:  # recognised by Snakemake's checksum and re-caches nothing)
+        assert planned_jobs(workdir)["cache_shard"] == 1
+    finally:
+        existing.write_bytes(content)
+        os.utime(existing, ns=(stamp.st_atime_ns, stamp.st_mtime_ns))
+    existing.unlink()
+    try:
+        assert planned_jobs(workdir)["cache_shard"] == 1
+    finally:
+        existing.write_bytes(content)
+        os.utime(existing, ns=(stamp.st_atime_ns, stamp.st_mtime_ns))
+    assert planned_jobs(workdir) == baseline
 
 
 @pytest.mark.parametrize(
