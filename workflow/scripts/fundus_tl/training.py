@@ -32,7 +32,7 @@ from tqdm import tqdm
 from .cache import CachedImages
 from .folds import check_class_counts
 from .io import atomic_path
-from .metrics import grades_from_scores, quadratic_kappa
+from .metrics import default_thresholds, grades_from_scores, quadratic_kappa
 from .models import (
     build_model,
     count_parameters,
@@ -70,6 +70,7 @@ class Experiment:
     model: str
     task: str = "classification"
     image_size: int = 224
+    preprocessing: str = "none"
     mean: tuple = (0.485, 0.456, 0.406)
     std: tuple = (0.229, 0.224, 0.225)
     lr: float = 1e-4
@@ -594,6 +595,9 @@ def train_fold(
         "head": experiment.head,
         "dropout": experiment.dropout,
         "image_size": experiment.image_size,
+        "preprocessing": experiment.preprocessing,
+        # Cut points from score to grade; evaluation refits them on the out-of-fold predictions.
+        "thresholds": default_thresholds(n_classes) if experiment.task == "regression" else None,
         "mean": list(experiment.mean),
         "std": list(experiment.std),
         "imagenet_inputs": pretrained is not None,
