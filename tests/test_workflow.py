@@ -250,3 +250,55 @@ def test_single_split_regression_and_classification_make_a_leaderboard(tmp_path)
     assert regress["holdout"]["n"] == 10 and "with_thresholds" in regress["holdout"]
     holdout = pd.read_csv(workdir / "results/regress/holdout_predictions.csv")
     assert {"score", "predicted", "predicted_thresholds", "actual"} <= set(holdout.columns)
+
+
+def test_csv_layout_with_three_grades_and_a_carved_holdout(tmp_path):
+    """EyePACS-style flat folder + trainLabels.csv, no validation folder, another class count."""
+    import cv2
+
+    workdir = tmp_path / "csv run"
+    workdir.mkdir()
+    shutil.copy(REPO / "Snakefile", workdir)
+    shutil.copytree(REPO / "workflow", workdir / "workflow", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(REPO / "config", workdir / "config")
+    images = tmp_path / "flat images"
+    images.mkdir()
+    rows = []
+    for patient in range(24):
+        for eye in ("left", "right"):
+            grade = patient % 3
+            cv2.imwrite(str(images / f"{patient}_{eye}.JPG"), fundus_like(grade * 2, patient * 2 + (eye == "left")))
+            rows.append(f"{patient}_{eye},{grade}")
+    (images / "notes.txt").write_text("not an image")
+    labels = tmp_path / "trainLabels.csv"
+    labels.write_text("image,level\n" + "\n".join(rows) + "\nghost_left,1\n")
+    write_config(
+        workdir,
+        {
+            "data": {
+                "layout": "csv",
+                "images_dir": str(images),
+                "labels_csv": str(labels),
+                "holdout_fraction": 0.25,
+                "class_folders": ["none", "moderate", "severe"],
+            },
+            "folds": 2,
+            "cache": {"shards": 2, "threads": 1},
+            "runtime": {"train_threads": 1},
+            "run_experiments": ["three"],
+            "experiments": {
+                "three": {"model": "timm:efficientnet_lite0", "image_size": 40, "batch_size": 8, "epochs": 1}
+            },
+        },
+    )
+    snakemake(workdir)
+    manifest = pd.read_csv(workdir / "results/data/folds.tsv", sep="\t", dtype={"patient": str})
+    assert len(manifest) == 48 and set(manifest["label"]) == {0, 1, 2}
+    holdout = manifest[manifest["split"] == "holdout"]
+    assert 8 <= len(holdout) <= 16
+    assert not set(holdout["patient"]) & set(manifest.loc[manifest["split"] == "train", "patient"])
+    summary = json.loads((workdir / "results/three/summary.json").read_text())
+    assert summary["classes"] == ["none", "moderate", "severe"]
+    assert len(summary["holdout"]["confusion_matrix"]) == 3 and summary["holdout"]["n"] == len(holdout)
+    skipped = (workdir / "results/data/skipped.tsv").read_text()
+    assert "notes.txt" in skipped and "no image file for 'ghost_left'" in skipped
