@@ -134,4 +134,4 @@ def print_headline(leaderboard: str) -> None:
     table = pd.read_csv(leaderboard, sep="\t")
     columns = ["experiment", "model", "oof_qwk", "oof_accuracy", "holdout_qwk", "holdout_accuracy", "training_minutes"]
     print("\nResults (results/<experiment>/summary.json, results/leaderboard.tsv):")
-    print(table[columns].to_string(index=False, float_format=lambda value: f"{value:.3f}"))
+    print(table.reindex(columns=columns).to_string(index=False, float_format=lambda value: f"{value:.3f}"))
