@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 CORES ?= $(shell nproc)
 SNAKEMAKE := $(BIN)/python -m snakemake
 
-.PHONY: venv demo test lint dag bench-cache bench-train clean-demo
+.PHONY: venv demo test lint dag bench-cache bench-train bench-dag clean-demo
 
 $(VENV)/.installed: requirements.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -34,6 +34,9 @@ bench-cache: venv  ## data stage: cache build vs the seed's decode path (prints 
 
 bench-train: venv  ## training stage: uint8-cache pipeline vs decode-every-epoch pipeline
 	$(BIN)/python benchmarks/bench_train.py
+
+bench-dag: venv  ## snakemake -n at EyePACS scale (35,126 + 53,576 placeholder images)
+	$(BIN)/python benchmarks/bench_dag.py
 
 clean-demo:
 	rm -rf results resources/demo
