@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 CORES ?= $(shell nproc)
 SNAKEMAKE := $(BIN)/python -m snakemake
 
-.PHONY: venv demo test lint dag bench-cache bench-train bench-dag clean-demo
+.PHONY: venv demo test test-slurm lint dag bench-cache bench-train bench-dag clean-demo
 
 $(VENV)/.installed: requirements.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -20,6 +20,9 @@ demo: venv  ## run the whole workflow on the built-in synthetic data set (offlin
 
 test: venv  ## run the test suite
 	$(BIN)/python -m pytest
+
+test-slurm: venv  ## real SLURM: private one-node cluster (root; apt-installs slurm-wlm, munge); local and SLURM results must agree
+	PYTHON=$(BIN)/python tests/slurm/run_slurm_test.sh
 
 lint: venv
 	$(BIN)/ruff check .
