@@ -35,6 +35,13 @@ def planned_jobs(workdir: Path) -> dict[str, int]:
     return {name: int(count) for name, count in re.findall(r"^(\w+)\s+(\d+)$", table, flags=re.MULTILINE)}
 
 
+def copy_workflow(workdir: Path) -> None:
+    """A user's checkout: the workflow files in a working directory of their own."""
+    shutil.copy(REPO / "Snakefile", workdir)
+    shutil.copytree(REPO / "workflow", workdir / "workflow", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(REPO / "config", workdir / "config")
+
+
 def write_config(workdir: Path, config: dict) -> None:
     (workdir / "tiny.yaml").write_text(yaml.safe_dump(config))
 
@@ -44,9 +51,7 @@ def project(tmp_path_factory) -> tuple[Path, dict]:
     base = tmp_path_factory.mktemp("workflow")
     workdir = base / "work dir with spaces"
     workdir.mkdir()
-    shutil.copy(REPO / "Snakefile", workdir)
-    shutil.copytree(REPO / "workflow", workdir / "workflow", ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copytree(REPO / "config", workdir / "config")
+    copy_workflow(workdir)
     data = base / "my data (DR)"
     write_class_folders(data, "train", [8, 6, 6, 6, 6])
     write_class_folders(data, "validation", [2, 2, 2, 2, 2], first_patient=1000)
@@ -221,9 +226,7 @@ def test_single_split_regression_and_classification_make_a_leaderboard(tmp_path)
     """The seed's _ffd script (folds: 1) and _reg script (regression) as two experiments of one run."""
     workdir = tmp_path / "single split"
     workdir.mkdir()
-    shutil.copy(REPO / "Snakefile", workdir)
-    shutil.copytree(REPO / "workflow", workdir / "workflow", ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copytree(REPO / "config", workdir / "config")
+    copy_workflow(workdir)
     data = tmp_path / "data"
     write_class_folders(data, "train", [6, 4, 4, 4, 4])
     write_class_folders(data, "validation", [2, 2, 2, 2, 2], first_patient=1000)
@@ -258,9 +261,7 @@ def test_csv_layout_with_three_grades_and_a_carved_holdout(tmp_path):
 
     workdir = tmp_path / "csv run"
     workdir.mkdir()
-    shutil.copy(REPO / "Snakefile", workdir)
-    shutil.copytree(REPO / "workflow", workdir / "workflow", ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copytree(REPO / "config", workdir / "config")
+    copy_workflow(workdir)
     images = tmp_path / "flat images"
     images.mkdir()
     rows = []
