@@ -96,23 +96,40 @@ def read_index(index_file: str | os.PathLike) -> pd.DataFrame:
 
 
 class CachedImages:
-    """All usable images of a set of shards, addressable by key, read lazily from memory maps."""
+    """All usable images of a set of shards, addressable by key.
+
+    Rows are fetched with positioned reads (``pread``) into a fresh batch array rather than
+    through memory maps, so a training process keeps no shard pages mapped: its resident memory
+    does not grow with the size of the cache, while repeated epochs still come from the page cache.
+    """
 
     def __init__(self, shard_files: list[str | os.PathLike]):
-        self.arrays: list[np.ndarray] = []
         self.shard_files = sorted(map(str, shard_files))
+        self._files: list[tuple[int, int]] = []  # (descriptor, offset of row 0) per shard
+        self.image_shape: tuple[int, ...] = ()
         tables = []
         for number, shard in enumerate(self.shard_files):
-            try:
-                self.arrays.append(np.load(shard, mmap_mode="r"))
-            except ValueError:  # an empty shard cannot be memory-mapped
-                self.arrays.append(np.load(shard))
+            with open(shard, "rb") as handle:
+                version = np.lib.format.read_magic(handle)
+                read_header = (
+                    np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+                )
+                shape, _, dtype = read_header(handle)
+                offset = handle.tell()
+            if dtype != np.uint8 or len(shape) != 4:
+                raise ValueError(f"{shard}: expected a (N, S, S, 3) uint8 cache shard, found {shape} {dtype}")
+            self.image_shape = tuple(shape[1:])
+            self._files.append((os.open(shard, os.O_RDONLY), offset))
             table = read_index(index_path(shard))
             table["shard"] = number
             tables.append(table)
         index = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=INDEX_COLUMNS)
         self.skipped = index[index["status"] != "ok"].reset_index(drop=True)
         self.index = index[index["status"] == "ok"].set_index("key")
+
+    def __del__(self) -> None:
+        for descriptor, _ in getattr(self, "_files", []):
+            os.close(descriptor)
 
     def __contains__(self, key: str) -> bool:
         return key in self.index.index
@@ -123,7 +140,13 @@ class CachedImages:
     def get(self, keys: list[str] | np.ndarray) -> np.ndarray:
         """Images for `keys` as one (B, S, S, 3) uint8 array, in the order asked."""
         locations = self.index.loc[list(keys), ["shard", "row"]].to_numpy()
-        return np.stack([self.arrays[shard][row] for shard, row in locations])
+        batch = np.empty((len(locations), *self.image_shape), np.uint8)
+        row_bytes = batch[0].nbytes if len(batch) else 0
+        for target, (shard, row) in zip(batch, locations, strict=True):
+            descriptor, offset = self._files[shard]
+            if os.preadv(descriptor, [memoryview(target).cast("B")], offset + int(row) * row_bytes) != row_bytes:
+                raise OSError(f"{self.shard_files[shard]}: row {row} is incomplete; delete the shard to rebuild it")
+        return batch
 
 
 def skipped_files(
