@@ -20,10 +20,10 @@ import torch
 
 from .cache import CachedImages
 from .io import atomic_path, write_json
-from .metrics import default_thresholds, grades_from_scores, grades_from_thresholds, grading_report, optimise_thresholds
+from .metrics import default_thresholds, grades_from_thresholds, grading_report, optimise_thresholds
 from .models import load_model_file
 from .plots import plot_confusion_matrices, plot_learning_curves, plot_roc_curves
-from .training import predict, resolve_device
+from .training import grades_of, predict, resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -59,11 +59,6 @@ def scores_of(outputs: np.ndarray, task: str) -> np.ndarray:
     return outputs @ np.arange(outputs.shape[1])
 
 
-def grades_of_outputs(outputs: np.ndarray, task: str, n_classes: int) -> np.ndarray:
-    """The seed's grading: argmax of probabilities, or round + clip of the score."""
-    return grades_from_scores(outputs[:, 0], n_classes) if task == "regression" else outputs.argmax(axis=1)
-
-
 def _with_outputs(
     rows: pd.DataFrame, outputs: np.ndarray, task: str, n_classes: int, thresholds: list[float] | None
 ) -> pd.DataFrame:
@@ -73,7 +68,7 @@ def _with_outputs(
     else:
         for grade in range(n_classes):
             table[f"p{grade}"] = outputs[:, grade]
-    table["predicted"] = grades_of_outputs(outputs, task, n_classes)
+    table["predicted"] = grades_of(outputs, task, n_classes)
     if thresholds is not None:
         table["predicted_thresholds"] = grades_from_thresholds(scores_of(outputs, task), thresholds)
     return table
@@ -126,7 +121,7 @@ def evaluate_experiment(
     actual = oof["label"].to_numpy()
     cross_validated = bool((oof["fold"] >= 0).all())
     part = "oof" if cross_validated else "validation"
-    summary[part] = grading_report(actual, grades_of_outputs(oof_outputs, task, n_classes), n_classes)
+    summary[part] = grading_report(actual, grades_of(oof_outputs, task, n_classes), n_classes)
     if cross_validated:
         summary[part]["per_fold_qwk"] = [
             grading_report(group["label"].to_numpy(), group["predicted"].to_numpy(), n_classes)["qwk"]
@@ -164,9 +159,7 @@ def evaluate_experiment(
                 "model": Path(path).parent.name,
                 **{
                     key: value
-                    for key, value in grading_report(
-                        truth, grades_of_outputs(outputs, task, n_classes), n_classes
-                    ).items()
+                    for key, value in grading_report(truth, grades_of(outputs, task, n_classes), n_classes).items()
                     if key in ("qwk", "accuracy")
                 },
             }
