@@ -3,7 +3,15 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from fundus_tl.dataset import patient_of, scan_dataset, scan_labels_csv, shard_of
+from fundus_tl.dataset import (
+    NOT_REGULAR,
+    patient_of,
+    read_inventory,
+    scan_dataset,
+    scan_labels_csv,
+    shard_of,
+    write_inventories,
+)
 
 from .conftest import CLASSES
 
@@ -29,6 +37,7 @@ def test_scan_folders_lists_every_unused_file_with_a_reason(folder_dataset: Path
     (train / "class2" / "nested" / "9_left.jpeg").write_bytes(b"x")
     (train / "extra").mkdir()
     (train / "extra" / "1_left.jpeg").write_bytes(b"x")
+    (train / "class3" / "5_left.jpeg").symlink_to(train / "class3" / "gone.jpeg")
     scan = scan_dataset({"root": str(folder_dataset), "class_folders": CLASSES})
     assert scan.images["split"].value_counts().to_dict() == {"train": 32, "holdout": 10}
     reasons = dict(zip(scan.skipped["path"].map(lambda p: Path(p).name), scan.skipped["reason"], strict=True))
@@ -36,6 +45,7 @@ def test_scan_folders_lists_every_unused_file_with_a_reason(folder_dataset: Path
     assert "not an image extension" in reasons["notes.txt"]
     assert "sub-folder 'nested'" in reasons["9_left.jpeg"]
     assert "'extra' is not in data.class_folders" in reasons["1_left.jpeg"]
+    assert reasons["5_left.jpeg"] == NOT_REGULAR
     first = scan.images.iloc[0]
     assert first["key"].startswith("train/class0/") and first["label"] == 0
 
@@ -73,3 +83,25 @@ def test_csv_layout_names_missing_columns(tmp_path: Path):
     labels.write_text("name,grade\na,1\n")
     with pytest.raises(ValueError, match="missing column"):
         scan_labels_csv(tmp_path, labels, 5)
+
+
+def test_inventories_change_only_for_the_shard_of_a_changed_image(folder_dataset: Path, tmp_path: Path):
+    data = {"root": str(folder_dataset), "class_folders": CLASSES}
+    folder = tmp_path / "inventory"
+    paths = write_inventories(scan_dataset(data).images, folder, 4)
+    assert len(paths) == 8  # train and holdout, 4 shards each
+    listed = pd.concat([read_inventory(path) for path in paths])
+    assert sorted(listed["key"]) == sorted(scan_dataset(data).images["key"])
+    assert (listed["size"] > 0).all()
+    stamps = {path: Path(path).stat().st_mtime_ns for path in paths}
+
+    write_inventories(scan_dataset(data).images, folder, 4)
+    assert {path: Path(path).stat().st_mtime_ns for path in paths} == stamps  # unchanged: not rewritten
+
+    image = sorted((folder_dataset / "train" / "class1").glob("*.jpeg"))[0]
+    image.write_bytes(image.read_bytes() + b"\0")
+    write_inventories(scan_dataset(data).images, folder, 4)
+    changed = [path for path in paths if Path(path).stat().st_mtime_ns != stamps[path]]
+    key = f"train/class1/{image.name}"
+    assert changed == [str(folder / "train" / f"shard-{shard_of(key, 4):03d}.tsv")]
+    assert key in set(read_inventory(changed[0])["key"])

@@ -159,7 +159,6 @@ def test_image_size_switch_recaches_and_switching_back_reuses_the_old_cache(proj
 def test_adding_touching_or_removing_one_image_recaches_only_its_shard(project):
     workdir, config = project
     import os
-    import time
 
     import cv2
 
@@ -175,9 +174,14 @@ def test_adding_touching_or_removing_one_image_recaches_only_its_shard(project):
 
     existing = sorted((Path(config["data"]["root"]) / "train" / "class2").glob("*.jpeg"))[0]
     content, stamp = existing.read_bytes(), existing.stat()
-    time.sleep(0.01)
-    cv2.imwrite(str(existing), fundus_like(2, 4000))  # edited in place (a mere touch of a small file is
-    try:  # recognised by Snakemake's checksum and re-caches nothing)
+    os.utime(existing, ns=(stamp.st_atime_ns, stamp.st_mtime_ns + 10**9))  # touched
+    try:
+        assert planned_jobs(workdir)["cache_shard"] == 1
+    finally:
+        os.utime(existing, ns=(stamp.st_atime_ns, stamp.st_mtime_ns))
+    assert planned_jobs(workdir) == baseline
+    cv2.imwrite(str(existing), fundus_like(2, 4000))  # edited in place
+    try:
         assert planned_jobs(workdir)["cache_shard"] == 1
     finally:
         existing.write_bytes(content)
@@ -197,6 +201,10 @@ def test_adding_touching_or_removing_one_image_recaches_only_its_shard(project):
         ({"data": {"root": None}}, "data.root is not set"),
         ({"data": {"root": "/no/such dir"}}, "data.root: '/no/such dir' has no 'train/' folder"),
         ({"folds": "five"}, "'five' is not of type 'integer'"),
+        (
+            {"data": {"patient_pattern": "^(.+)_left$"}},
+            "data.patient_pattern: '^(.+)_left$' has no group named 'patient'",
+        ),
         ({"experiments": {"tiny": {"model": "resnet5"}}}, "experiments.tiny.model: unknown model 'resnet5'"),
         ({"experiments": {"tiny": {"lr": "fast"}}}, "'fast' is not of type 'number'"),
     ],

@@ -1,14 +1,12 @@
 rule cache_shard:
     input:
-        shard_images,
+        unpack(shard_inputs),
     output:
         array="results/cache/{size}px-{prep}/{split}/shard-{shard}.npy",
         index="results/cache/{size}px-{prep}/{split}/shard-{shard}.tsv",
     params:
         size=lambda wildcards: int(wildcards.size),
         preprocessing=lambda wildcards: wildcards.prep,
-        split=lambda wildcards: wildcards.split,
-        root=lambda wildcards: split_root(wildcards.split),
     threads: config["cache"]["threads"]
     conda:
         "../envs/fundus.yaml"

@@ -7,7 +7,7 @@ from snakemake.utils import validate
 sys.path.insert(0, str(Path(workflow.current_basedir).parent / "scripts"))
 
 from fundus_tl.config import check_data, resolve_experiment  # noqa: E402
-from fundus_tl.dataset import Scan, scan_dataset, shard_of  # noqa: E402
+from fundus_tl.dataset import Scan, scan_dataset, shard_of, write_inventories  # noqa: E402
 from fundus_tl.models import slug  # noqa: E402
 from fundus_tl.synthetic import demo_scan  # noqa: E402
 
@@ -51,16 +51,11 @@ def _scan() -> Scan:
 
 
 SCAN = _scan()
-SCAN.images["shard"] = [shard_of(key, SHARDS) for key in SCAN.images["key"]]
-
-
-def split_root(split: str) -> str:
-    """Folder that image keys of `split` are relative to."""
-    if split == "test":
-        return DATA["test_dir"]
-    if DATA["layout"] == "csv":
-        return DATA["images_dir"]
-    return str(Path(DATA["root"]) / DATA[f"{split}_dir"])
+INVENTORY_DIR = "results/data/inventory"
+# Only the main Snakemake process writes the inventories; a cluster job re-reads the Snakefile
+# and must see the files its submitter planned with.
+if workflow.is_main_process and not LINTING:
+    write_inventories(SCAN.images, INVENTORY_DIR, SHARDS)
 
 
 def cache_dir(experiment: str) -> str:
@@ -79,11 +74,31 @@ def shard_files(experiment: str, splits: tuple[str, ...]) -> list[str]:
     ]
 
 
-def shard_images(wildcards) -> list[str]:
-    """The image files whose key hashes to this shard of this split."""
+def inventory_files(splits: tuple[str, ...]) -> list[str]:
+    """The shard inventories of `splits` (see fundus_tl.dataset.write_inventories)."""
+    present = set(SCAN.images["split"])
+    return [
+        f"{INVENTORY_DIR}/{split}/shard-{shard:03d}.tsv" for split in splits if split in present for shard in range(SHARDS)
+    ]
+
+
+def planned_demo_images(splits: tuple[str, ...], shard: int | None = None) -> list[str]:
+    """Demo images of `splits` (one shard, or all): outputs of demo_data, so it runs first; none for real data."""
+    if DEMO is None:
+        return []
     images = SCAN.images
-    chosen = images[(images["split"] == wildcards.split) & (images["shard"] == int(wildcards.shard))]
-    return sorted(chosen["path"])
+    chosen = images["split"].isin(splits)
+    if shard is not None:
+        chosen &= images["key"].map(lambda key: shard_of(key, SHARDS)) == shard
+    return sorted(images.loc[chosen, "path"])
+
+
+def shard_inputs(wildcards) -> dict[str, str | list[str]]:
+    """A cache shard depends on its inventory, not on every image in it: the DAG stays small."""
+    return {
+        "inventory": f"{INVENTORY_DIR}/{wildcards.split}/shard-{wildcards.shard}.tsv",
+        "images": planned_demo_images((wildcards.split,), int(wildcards.shard)),
+    }
 
 
 def fold_ids() -> list[int]:
@@ -95,9 +110,9 @@ def data_params() -> dict:
     return {key: value for key, value in DATA.items() if key != "test_dir"}
 
 
-def labelled_image_files(wildcards) -> list[str]:
-    images = SCAN.images
-    files = sorted(images.loc[images["split"] != "test", "path"])
+def labelled_inputs(wildcards) -> list[str]:
+    """What the fold manifest depends on: the train and holdout inventories, and the labels CSV."""
+    files = inventory_files(("train", "holdout")) + planned_demo_images(("train", "holdout"))
     if DATA["layout"] == "csv":
         files.append(DATA["labels_csv"])
     return files

@@ -1,6 +1,6 @@
 rule folds:
     input:
-        labelled_image_files,
+        labelled_inputs,
     output:
         manifest="results/data/folds.tsv",
         balance=report(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from .dataset import DEFAULT_PATIENT_PATTERN
 from .imaging import PREPROCESSING
 from .models import UnknownModel, model_defaults
 
@@ -17,6 +18,16 @@ class ConfigError(ValueError):
 
 def check_data(data: dict, generated: bool = False) -> None:
     """Stop early when the data section points nowhere (`generated`: the workflow makes the data)."""
+    pattern = data.get("patient_pattern", DEFAULT_PATIENT_PATTERN)
+    try:
+        groups = re.compile(pattern).groupindex
+    except re.error as error:
+        raise ConfigError(f"data.patient_pattern: '{pattern}' is not a valid regular expression ({error})") from None
+    if "patient" not in groups:
+        raise ConfigError(
+            f"data.patient_pattern: '{pattern}' has no group named 'patient'; write it as "
+            f"'^(?P<patient>.+)_(?:left|right)$' so that both eyes of a patient stay in one fold"
+        )
     if data.get("layout", "folders") == "csv":
         for key in ("images_dir", "labels_csv"):
             if not data.get(key):

@@ -1,8 +1,9 @@
 """Find the images of a data set and their labels without decoding anything.
 
-The scan is cheap (directory listings and one CSV) so it can run when Snakemake parses the
-workflow: its result decides which files each cache shard depends on. Every file found is
-either an image candidate or listed with the reason it is not used.
+The scan is cheap (directory listings, one stat per file and one CSV) so it can run when
+Snakemake parses the workflow: its result is written as one small inventory per cache shard,
+which is what the shard depends on. Every file found is either an image candidate or listed
+with the reason it is not used.
 """
 
 from __future__ import annotations
@@ -12,15 +13,31 @@ import re
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import pandas as pd
+
+from .io import write_text_if_changed
 
 IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png", ".tif", ".tiff", ".bmp")
 IGNORED_NAMES = {"thumbs.db", "desktop.ini"}
 DEFAULT_PATIENT_PATTERN = r"^(?P<patient>.+)_(?:left|right)$"
 
-IMAGE_COLUMNS = ["key", "split", "path", "image", "label", "patient"]
+IMAGE_COLUMNS = ["key", "split", "path", "image", "label", "patient", "size", "mtime_ns"]
 SKIP_COLUMNS = ["path", "reason"]
+INVENTORY_COLUMNS = ["key", "path", "size", "mtime_ns"]
+UNKNOWN_STAT = -1  # size and mtime of a file that is planned but not written yet (the demo images)
+NOT_REGULAR = "not a regular file (a broken link, a link to a folder, or a device)"
+
+
+class FoundFile(NamedTuple):
+    """A directory entry the scan found; `relative` is its POSIX path below the scanned folder."""
+
+    path: str
+    relative: str
+    size: int
+    mtime_ns: int
+    regular: bool
 
 
 @dataclass
@@ -31,18 +48,24 @@ class Scan:
     skipped: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=SKIP_COLUMNS))
 
     def __add__(self, other: Scan) -> Scan:
-        return Scan(
-            pd.concat([self.images, other.images], ignore_index=True),
-            pd.concat([self.skipped, other.skipped], ignore_index=True),
-        )
+        return Scan(_concat(self.images, other.images), _concat(self.skipped, other.skipped))
+
+
+def _concat(first: pd.DataFrame, second: pd.DataFrame) -> pd.DataFrame:
+    """Both tables one after the other (an empty one adds nothing, not even its column dtypes)."""
+    parts = [frame for frame in (first, second) if len(frame)]
+    return pd.concat(parts, ignore_index=True) if parts else first
+
+
+def patient_regex(pattern: str = DEFAULT_PATIENT_PATTERN) -> re.Pattern:
+    """The compiled `data.patient_pattern` (config.check_data has made sure it names ``patient``)."""
+    return re.compile(pattern, flags=re.IGNORECASE)
 
 
 def patient_of(image: str, pattern: str = DEFAULT_PATIENT_PATTERN) -> str:
     """Patient id from an image name such as ``10_left``; an unmatched name is its own group."""
-    match = re.match(pattern, image, flags=re.IGNORECASE)
-    if match and match.groupdict().get("patient"):
-        return match.group("patient")
-    return image
+    match = patient_regex(pattern).match(image)
+    return (match["patient"] or image) if match else image
 
 
 def shard_of(key: str, n_shards: int) -> int:
@@ -60,29 +83,50 @@ def _non_image_reason(name: str) -> str | None:
     return None
 
 
-def _walk_files(folder: Path) -> list[Path]:
-    """All files below `folder`, sorted, following no symlinked directories twice."""
+def _walk_files(folder: str | os.PathLike, prefix: str = "") -> list[FoundFile]:
+    """Every entry below `folder` other than folders, sorted by relative path, with size and mtime.
+
+    `os.scandir` gives names and types from one system call per folder; one `stat` per file follows
+    links, so a link to an image counts as that image. Links to folders are not followed (a cycle
+    would never end) and are returned as not regular, like broken links.
+    """
     found = []
-    for dirpath, dirnames, filenames in os.walk(folder):
-        dirnames.sort()
-        found.extend(Path(dirpath) / name for name in sorted(filenames))
+    with os.scandir(folder) as entries:
+        for entry in sorted(entries, key=lambda entry: entry.name):
+            relative = f"{prefix}{entry.name}"
+            if entry.is_dir(follow_symlinks=False):
+                found.extend(_walk_files(entry.path, f"{relative}/"))
+                continue
+            try:
+                regular = entry.is_file()
+                stat = entry.stat() if regular else None
+            except OSError:
+                regular, stat = False, None
+            if stat is None:
+                found.append(FoundFile(entry.path, relative, UNKNOWN_STAT, UNKNOWN_STAT, False))
+            else:
+                found.append(FoundFile(entry.path, relative, stat.st_size, stat.st_mtime_ns, regular))
     return found
 
 
-def _scan_class_folder(folder: Path, split: str, split_root: Path, label: int, patient_pattern: str) -> Scan:
-    rows, skipped = [], []
-    for path in _walk_files(folder):
-        if path.parent != folder:
-            skipped.append((str(path), f"in sub-folder '{path.parent.name}' of a class folder"))
-            continue
-        reason = _non_image_reason(path.name)
-        if reason:
-            skipped.append((str(path), reason))
-            continue
-        relative = path.relative_to(split_root).as_posix()
-        image = path.stem
-        rows.append((f"{split}/{relative}", split, str(path), image, label, patient_of(image, patient_pattern)))
-    return Scan(pd.DataFrame(rows, columns=IMAGE_COLUMNS), pd.DataFrame(skipped, columns=SKIP_COLUMNS))
+def _image_row(split: str, file: FoundFile, label: int, patient: re.Pattern) -> tuple:
+    image = os.path.splitext(file.relative.rsplit("/", 1)[-1])[0]
+    match = patient.match(image)
+    return (
+        f"{split}/{file.relative}",
+        split,
+        file.path,
+        image,
+        label,
+        (match["patient"] or image) if match else image,
+        file.size,
+        file.mtime_ns,
+    )
+
+
+def _images_frame(rows: list[tuple]) -> pd.DataFrame:
+    images = pd.DataFrame(rows, columns=IMAGE_COLUMNS)
+    return images.astype({"label": int, "size": "int64", "mtime_ns": "int64"})
 
 
 def scan_class_folders(
@@ -92,43 +136,41 @@ def scan_class_folders(
     patient_pattern: str = DEFAULT_PATIENT_PATTERN,
 ) -> Scan:
     """Scan ``split_root/<class_folder>/*``; the position in `class_folders` is the grade."""
-    split_root = Path(split_root)
-    scan = Scan()
-    for label, name in enumerate(class_folders):
-        folder = split_root / name
-        if folder.is_dir():
-            scan = scan + _scan_class_folder(folder, split, split_root, label, patient_pattern)
-    stray = []
-    for entry in sorted(split_root.iterdir()):
-        if entry.name in class_folders:
-            continue
-        if entry.is_dir():
-            stray.extend(
-                (str(path), f"folder '{entry.name}' is not in data.class_folders") for path in _walk_files(entry)
-            )
+    labels = {name: label for label, name in enumerate(class_folders)}
+    patient = patient_regex(patient_pattern)
+    rows, skipped = [], []
+    for file in _walk_files(split_root):
+        parts = file.relative.split("/")
+        if len(parts) == 1:
+            skipped.append((file.path, "file outside the class folders"))
+        elif parts[0] not in labels:
+            skipped.append((file.path, f"folder '{parts[0]}' is not in data.class_folders"))
+        elif len(parts) > 2:
+            skipped.append((file.path, f"in sub-folder '{parts[-2]}' of a class folder"))
+        elif not file.regular:
+            skipped.append((file.path, NOT_REGULAR))
+        elif reason := _non_image_reason(parts[1]):
+            skipped.append((file.path, reason))
         else:
-            stray.append((str(entry), "file outside the class folders"))
-    scan.skipped = pd.concat([scan.skipped, pd.DataFrame(stray, columns=SKIP_COLUMNS)], ignore_index=True)
-    scan.images["label"] = scan.images["label"].astype(int)
-    return scan
+            rows.append(_image_row(split, file, labels[parts[0]], patient))
+    images = _images_frame(rows).sort_values("label", kind="stable", ignore_index=True)
+    return Scan(images, pd.DataFrame(skipped, columns=SKIP_COLUMNS))
 
 
 def scan_unlabeled(
     folder: str | os.PathLike, split: str = "test", patient_pattern: str = DEFAULT_PATIENT_PATTERN
 ) -> Scan:
     """Scan a folder of images without labels (label -1), including its sub-folders."""
-    folder = Path(folder)
+    patient = patient_regex(patient_pattern)
     rows, skipped = [], []
-    for path in _walk_files(folder):
-        reason = _non_image_reason(path.name)
-        if reason:
-            skipped.append((str(path), reason))
-            continue
-        relative = path.relative_to(folder).as_posix()
-        rows.append((f"{split}/{relative}", split, str(path), path.stem, -1, patient_of(path.stem, patient_pattern)))
-    images = pd.DataFrame(rows, columns=IMAGE_COLUMNS)
-    images["label"] = images["label"].astype(int)
-    return Scan(images, pd.DataFrame(skipped, columns=SKIP_COLUMNS))
+    for file in _walk_files(folder):
+        if not file.regular:
+            skipped.append((file.path, NOT_REGULAR))
+        elif reason := _non_image_reason(file.relative.rsplit("/", 1)[-1]):
+            skipped.append((file.path, reason))
+        else:
+            rows.append(_image_row(split, file, -1, patient))
+    return Scan(_images_frame(rows), pd.DataFrame(skipped, columns=SKIP_COLUMNS))
 
 
 def scan_labels_csv(
@@ -180,18 +222,18 @@ def scan_labels_csv(
             continue
         labels[stem] = grade
 
-    rows = []
+    found = unlabeled.images
+    usable = []
     for stem, indices in by_stem.items():
         for index in indices:
-            record = unlabeled.images.iloc[index]
             if stem not in labels:
-                skipped.append((record["path"], f"no label row in {labels_csv.name}"))
+                skipped.append((found.at[index, "path"], f"no label row in {labels_csv.name}"))
             elif len(indices) > 1:
-                skipped.append((record["path"], f"several files for image '{stem}'"))
+                skipped.append((found.at[index, "path"], f"several files for image '{stem}'"))
             else:
-                rows.append({**record.to_dict(), "label": labels[stem]})
-    images = pd.DataFrame(rows, columns=IMAGE_COLUMNS)
-    images["label"] = images["label"].astype(int)
+                usable.append(index)
+    images = found.loc[sorted(usable)].reset_index(drop=True)
+    images["label"] = images["image"].map(labels).astype(int)
     return Scan(images, pd.DataFrame(skipped, columns=SKIP_COLUMNS))
 
 
@@ -220,3 +262,29 @@ def scan_dataset(data: dict) -> Scan:
     if data.get("test_dir"):
         scan = scan + scan_unlabeled(data["test_dir"], "test", pattern)
     return scan
+
+
+def write_inventories(images: pd.DataFrame, folder: str | os.PathLike, n_shards: int) -> list[str]:
+    """One small TSV per split and shard: key, path, size and mtime of each image in it.
+
+    The cache jobs and the fold manifest depend on these files instead of on every image, so
+    Snakemake plans tens of thousands of images from a few dozen inputs. A file is rewritten only
+    when its content changes, so an edited, added or removed image makes exactly one shard stale.
+    Returns the paths of every split's shards, written or not.
+    """
+    paths = []
+    lines: dict[tuple[str, int], list[str]] = {}
+    for key, split, path, size, mtime_ns in images[["key", "split", *INVENTORY_COLUMNS[1:]]].itertuples(index=False):
+        lines.setdefault((split, shard_of(key, n_shards)), []).append(f"{key}\t{path}\t{size}\t{mtime_ns}\n")
+    header = "\t".join(INVENTORY_COLUMNS) + "\n"
+    for split in sorted(set(images["split"])):
+        for shard in range(n_shards):
+            path = Path(folder) / split / f"shard-{shard:03d}.tsv"
+            write_text_if_changed(path, header + "".join(sorted(lines.get((split, shard), []))))
+            paths.append(str(path))
+    return paths
+
+
+def read_inventory(path: str | os.PathLike) -> pd.DataFrame:
+    """The images of one shard as `write_inventories` listed them."""
+    return pd.read_csv(path, sep="\t", dtype={"key": str, "path": str}, keep_default_na=False)

@@ -45,3 +45,16 @@ def setup_logging(log_file: str | os.PathLike | None) -> None:
         handlers=handlers,
         force=True,
     )
+
+
+def write_text_if_changed(path: str | os.PathLike, text: str) -> bool:
+    """Write `text` atomically unless the file already holds it (its mtime then stays); True if written."""
+    path = Path(path)
+    try:
+        if path.read_text(encoding="utf-8") == text:
+            return False
+    except (FileNotFoundError, UnicodeDecodeError):
+        pass
+    with atomic_path(path) as tmp:
+        Path(tmp).write_text(text, encoding="utf-8")
+    return True

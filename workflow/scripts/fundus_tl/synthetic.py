@@ -21,7 +21,7 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from .dataset import IMAGE_COLUMNS, Scan
+from .dataset import IMAGE_COLUMNS, UNKNOWN_STAT, Scan
 
 GRADES = 5
 """Number of grades on the international diabetic retinopathy scale."""
@@ -538,6 +538,8 @@ def demo_scan(root: str | os.PathLike, demo: dict) -> Scan:
             "image": [Path(path).stem for path in plan["path"]],
             "label": np.where(plan["split"] == "test", -1, plan["label"]),
             "patient": plan["patient"],
+            "size": UNKNOWN_STAT,
+            "mtime_ns": UNKNOWN_STAT,
         }
     )
     return Scan(images[IMAGE_COLUMNS].sort_values("key", ignore_index=True))
