@@ -251,7 +251,6 @@ def write_tiled_shard(source: CachedImages, count: int, shard: Path) -> None:
             "row": range(count),
             "status": "ok",
             "reason": "",
-            "sha1": "",
         }
     )
     index.to_csv(index_path(shard), sep="\t", index=False)

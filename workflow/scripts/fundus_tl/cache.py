@@ -7,6 +7,7 @@ reason, so nothing disappears silently.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import time
@@ -22,7 +23,7 @@ from .io import atomic_path
 
 log = logging.getLogger(__name__)
 
-INDEX_COLUMNS = ["key", "path", "row", "status", "reason", "sha1"]
+INDEX_COLUMNS = ["key", "path", "row", "status", "reason"]
 
 
 def index_path(shard_npy: str | os.PathLike) -> Path:
@@ -53,15 +54,14 @@ def build_shard(
             tmp_npy, mode="r+" if items.empty else "w+", dtype=np.uint8, shape=(len(items), size, size, 3)
         )
 
-        def decode_row(row: int) -> tuple[str, str, str]:
+        def decode_row(row: int) -> tuple[str, str]:
             try:
-                image = load_image(items.at[row, "path"], size, preprocessing)
+                array[row] = load_image(items.at[row, "path"], size, preprocessing)
             except UnreadableImage as error:
-                return "skipped", str(error), ""
+                return "skipped", str(error)
             except OSError as error:
-                return "skipped", f"cannot read file ({error.strerror or error})", ""
-            array[row] = image.pixels
-            return "ok", "", image.sha1
+                return "skipped", f"cannot read file ({error.strerror or error})"
+            return "ok", ""
 
         with ThreadPoolExecutor(max_workers=max(threads, 1)) as pool:
             results = list(pool.map(decode_row, range(len(items))))
@@ -69,9 +69,8 @@ def build_shard(
         del array
     index = items[["key", "path"]].copy()
     index["row"] = range(len(items))
-    index["status"] = [status for status, _, _ in results]
-    index["reason"] = [reason for _, reason, _ in results]
-    index["sha1"] = [sha1 for _, _, sha1 in results]
+    index["status"] = [status for status, _ in results]
+    index["reason"] = [reason for _, reason in results]
     with atomic_path(out_index) as tmp_index:
         index.to_csv(tmp_index, sep="\t", index=False)
     seconds = time.perf_counter() - started
@@ -91,7 +90,7 @@ def build_shard(
 
 def read_index(index_file: str | os.PathLike) -> pd.DataFrame:
     """Load a shard index; an empty shard gives an empty table with the right columns."""
-    table = pd.read_csv(index_file, sep="\t", dtype={"reason": str, "sha1": str}, keep_default_na=False)
+    table = pd.read_csv(index_file, sep="\t", dtype={"reason": str}, keep_default_na=False)
     return table.reindex(columns=INDEX_COLUMNS)
 
 
@@ -176,17 +175,33 @@ def skipped_files(
     return report
 
 
+def file_sha1(path: str | os.PathLike) -> str:
+    """SHA-1 of a file's bytes, read in 1 MiB blocks."""
+    digest = hashlib.sha1()
+    with open(path, "rb") as handle:
+        while block := handle.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def cross_split_duplicates(index_files: list[str | os.PathLike], out_tsv: str | os.PathLike) -> pd.DataFrame:
     """Write pairs of byte-identical files that sit in different splits (train vs holdout/test).
 
     A duplicate across the split boundary makes holdout metrics optimistic, so it is reported.
+    Only files whose size matches a file of another split can be identical, so only those are
+    hashed: the check costs one ``stat`` per image plus a hash of the few candidates, and the
+    cache jobs hash nothing.
     """
     tables = [read_index(path) for path in index_files]
     index = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=INDEX_COLUMNS)
-    index = index[index["sha1"] != ""].drop_duplicates("path")
-    index = index.assign(split=index["key"].str.split("/", n=1).str[0])
+    index = index[index["status"] == "ok"].drop_duplicates("path")
+    index = index.assign(
+        split=index["key"].str.split("/", n=1).str[0], size=[os.path.getsize(p) for p in index["path"]]
+    )
+    candidates = index[index.groupby("size")["split"].transform("nunique") > 1]
+    candidates = candidates.assign(sha1=[file_sha1(path) for path in candidates["path"]])
     rows = []
-    for sha1, group in index.groupby("sha1"):
+    for sha1, group in candidates.groupby("sha1"):
         if group["split"].nunique() > 1:
             first = group.iloc[0]
             rows.extend(
@@ -197,6 +212,7 @@ def cross_split_duplicates(index_files: list[str | os.PathLike], out_tsv: str | 
     report = pd.DataFrame(rows, columns=["sha1", "path", "split", "same_as"])
     with atomic_path(out_tsv) as tmp:
         report.to_csv(tmp, sep="\t", index=False)
+    log.info("%d of %d images share their size with a file of another split; hashed them", len(candidates), len(index))
     if len(report):
         log.warning("%d files are byte-identical to a file of another split; see %s", len(report), out_tsv)
     return report

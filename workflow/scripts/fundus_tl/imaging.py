@@ -7,9 +7,7 @@ for a 299 px target.
 
 from __future__ import annotations
 
-import hashlib
 import io
-from dataclasses import dataclass
 
 import cv2
 import numpy as np
@@ -26,19 +24,12 @@ _ORIENT = {  # EXIF orientation -> the operation that shows the image upright
     7: lambda image: cv2.rotate(cv2.transpose(image), cv2.ROTATE_180),
     8: lambda image: cv2.rotate(image, cv2.ROTATE_90_COUNTERCLOCKWISE),
 }
+_JPEG_TAIL_BYTES = 4096
 _REDUCED_FLAGS = {8: cv2.IMREAD_REDUCED_COLOR_8, 4: cv2.IMREAD_REDUCED_COLOR_4, 2: cv2.IMREAD_REDUCED_COLOR_2}
 
 
 class UnreadableImage(Exception):
     """The file is not an image this pipeline can use; the message says why."""
-
-
-@dataclass
-class DecodedImage:
-    """An RGB uint8 square image plus the content hash of the file it came from."""
-
-    pixels: np.ndarray
-    sha1: str
 
 
 def reduction_factor(width: int, height: int, target: int) -> int:
@@ -66,6 +57,18 @@ def _to_rgb8(array: np.ndarray) -> np.ndarray:
     return cv2.cvtColor(array, cv2.COLOR_BGR2RGB)
 
 
+def _is_truncated_jpeg(data: bytes) -> bool:
+    """True when no end-of-image marker follows the last start-of-scan marker.
+
+    A complete file ends with the marker (at most some padding after it), so the tail is
+    searched first; scanning the whole megabyte backwards costs about 1 ms per file.
+    """
+    tail = max(len(data) - _JPEG_TAIL_BYTES, 0)
+    if data.rfind(b"\xff\xd9", tail) > data.rfind(b"\xff\xda", tail):
+        return False
+    return data.rfind(b"\xff\xd9") < data.rfind(b"\xff\xda")
+
+
 def decode(data: bytes, target: int) -> np.ndarray:
     """Decode file bytes to an RGB uint8 array at least `target` px on its short side when possible."""
     if not data:
@@ -78,8 +81,7 @@ def decode(data: bytes, target: int) -> np.ndarray:
         raise UnreadableImage(f"not a readable image ({error.__class__.__name__})") from None
     buffer = np.frombuffer(data, dtype=np.uint8)
     if kind == "JPEG":
-        # The last scan of a complete JPEG is followed by an end-of-image marker.
-        if data.rfind(b"\xff\xd9") < data.rfind(b"\xff\xda"):
+        if _is_truncated_jpeg(data):
             raise UnreadableImage("truncated JPEG (no end-of-image marker after the last scan)")
         factor = reduction_factor(width, height, target)
         array = cv2.imdecode(buffer, _REDUCED_FLAGS.get(factor, cv2.IMREAD_COLOR))  # applies EXIF orientation
@@ -94,8 +96,9 @@ def decode(data: bytes, target: int) -> np.ndarray:
 
 def fundus_bounds(rgb: np.ndarray) -> tuple[int, int, int, int]:
     """Bounding box (x0, y0, x1, y1) of the bright fundus disc on its dark background."""
-    gray = rgb.max(axis=2)
-    threshold = max(10.0, 0.1 * float(np.percentile(gray, 99)))
+    red, green, blue = cv2.split(rgb)
+    gray = cv2.max(cv2.max(red, green), blue)  # numpy's max over the channel axis is 20x slower
+    threshold = max(10.0, 0.1 * float(np.percentile(gray[::4, ::4], 99)))
     mask = gray > threshold
     rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
     if rows.size == 0 or cols.size == 0:
@@ -139,9 +142,8 @@ def prepare(rgb: np.ndarray, size: int, preprocessing: str) -> np.ndarray:
     return np.ascontiguousarray(resized)
 
 
-def load_image(path: str, size: int, preprocessing: str) -> DecodedImage:
-    """Read, decode and prepare one file; raises `UnreadableImage` with the reason."""
+def load_image(path: str, size: int, preprocessing: str) -> np.ndarray:
+    """Read, decode and prepare one file to ``size x size`` RGB uint8; raises `UnreadableImage` with the reason."""
     with open(path, "rb") as handle:
         data = handle.read()
-    pixels = prepare(decode(data, size), size, preprocessing)
-    return DecodedImage(pixels, hashlib.sha1(data).hexdigest())
+    return prepare(decode(data, size), size, preprocessing)
