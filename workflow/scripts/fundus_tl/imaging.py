@@ -25,7 +25,7 @@ _ORIENT = {  # EXIF orientation -> the operation that shows the image upright
     8: lambda image: cv2.rotate(image, cv2.ROTATE_90_COUNTERCLOCKWISE),
 }
 _JPEG_TAIL_BYTES = 4096
-_REDUCED_FLAGS = {8: cv2.IMREAD_REDUCED_COLOR_8, 4: cv2.IMREAD_REDUCED_COLOR_4, 2: cv2.IMREAD_REDUCED_COLOR_2}
+REDUCED_FLAGS = {8: cv2.IMREAD_REDUCED_COLOR_8, 4: cv2.IMREAD_REDUCED_COLOR_4, 2: cv2.IMREAD_REDUCED_COLOR_2}
 
 
 class UnreadableImage(Exception):
@@ -84,7 +84,7 @@ def decode(data: bytes, target: int) -> np.ndarray:
         if _is_truncated_jpeg(data):
             raise UnreadableImage("truncated JPEG (no end-of-image marker after the last scan)")
         factor = reduction_factor(width, height, target)
-        array = cv2.imdecode(buffer, _REDUCED_FLAGS.get(factor, cv2.IMREAD_COLOR))  # applies EXIF orientation
+        array = cv2.imdecode(buffer, REDUCED_FLAGS.get(factor, cv2.IMREAD_COLOR))  # applies EXIF orientation
     else:
         array = cv2.imdecode(buffer, cv2.IMREAD_UNCHANGED | cv2.IMREAD_ANYDEPTH)
         if array is not None:
