@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -18,9 +19,12 @@ from .conftest import fundus_like, write_class_folders
 REPO = Path(__file__).resolve().parents[1]
 
 
-def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+def snakemake(
+    workdir: Path, *args: str, check: bool = True, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
     command = [sys.executable, "-m", "snakemake", "--cores", "2", "--configfile", "tiny.yaml", *args]
-    result = subprocess.run(command, cwd=workdir, capture_output=True, text=True, timeout=900)
+    environment = {**os.environ, **(env or {})}
+    result = subprocess.run(command, cwd=workdir, capture_output=True, text=True, timeout=900, env=environment)
     if check and result.returncode != 0:
         raise AssertionError(f"snakemake {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
     return result
@@ -311,3 +315,50 @@ def test_csv_layout_with_three_grades_and_a_carved_holdout(tmp_path):
     assert len(summary["holdout"]["confusion_matrix"]) == 3 and summary["holdout"]["n"] == len(holdout)
     skipped = (workdir / "results/data/skipped.tsv").read_text()
     assert "notes.txt" in skipped and "no image file for 'ghost_left'" in skipped
+
+
+def fold_log_spans(workdir: Path, experiment: str) -> dict[int, tuple[str, str, str]]:
+    """Per fold: (claimed simulated GPU id, first and last timestamp) from the training logs."""
+    spans = {}
+    for log in sorted((workdir / "results/logs/train" / experiment).glob("fold*.log")):
+        lines = log.read_text().splitlines()
+        claims = [line for line in lines if "claimed simulated GPU" in line]
+        assert len(claims) == 1, f"{log}: expected one GPU claim, found {claims}"
+        gpu = re.search(r"claimed simulated GPU (\d+) of", claims[0]).group(1)
+        spans[int(log.stem.removeprefix("fold"))] = (gpu, lines[0][:23], lines[-1][:23])
+    return spans
+
+
+def test_gpu_resources_bound_concurrent_folds_and_each_claims_its_own_gpu(tmp_path):
+    """`--resources gpu=2` on a (simulated) two-GPU node: two folds at once, on GPU ids 0 and 1."""
+    workdir = tmp_path / "two gpus"
+    workdir.mkdir()
+    copy_workflow(workdir)
+    data = tmp_path / "data"
+    write_class_folders(data, "train", [6, 4, 4, 4, 4])
+    write_class_folders(data, "validation", [2, 2, 2, 2, 2], first_patient=1000)
+    experiment = {"model": "timm:efficientnet_lite0", "image_size": 40, "batch_size": 8, "epochs": 2, "lr": 0.001}
+    write_config(
+        workdir,
+        {
+            "data": {"root": str(data)},
+            "folds": 2,
+            "cache": {"shards": 1, "threads": 1},
+            "runtime": {"train_threads": 1},
+            "run_experiments": ["pair"],
+            "experiments": {"pair": experiment},
+        },
+    )
+    env = {"FUNDUS_TL_SIMULATE_GPUS": "2", "FUNDUS_TL_GPU_LOCKS": str(tmp_path / "locks")}
+
+    snakemake(workdir, "--resources", "gpu=2", env=env)
+    spans = fold_log_spans(workdir, "pair")
+    assert sorted(gpu for gpu, _, _ in spans.values()) == ["0", "1"]
+    (_, start_a, end_a), (_, start_b, end_b) = spans.values()
+    assert start_a < end_b and start_b < end_a, f"fold jobs did not overlap: {spans}"
+
+    snakemake(workdir, "--resources", "gpu=1", "--forcerun", "train", "--until", "train", env=env)
+    spans = fold_log_spans(workdir, "pair")
+    assert [gpu for gpu, _, _ in spans.values()] == ["0", "0"]
+    (_, start_a, end_a), (_, start_b, end_b) = sorted(spans.values(), key=lambda span: span[1])
+    assert end_a <= start_b, f"with gpu=1 the fold jobs overlapped: {spans}"

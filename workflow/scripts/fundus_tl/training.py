@@ -16,8 +16,6 @@ import os
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import IO
@@ -144,9 +142,24 @@ def claim_gpu(count: int, lock_dir: str | Path | None = None) -> tuple[int, IO] 
     return None
 
 
+SIMULATED_GPUS_VARIABLE = "FUNDUS_TL_SIMULATE_GPUS"
+
+
 def choose_device(device: str) -> tuple[torch.device, IO | None]:
-    """Resolve ``auto``/``cuda`` to one free GPU of this machine (or the CPU), keeping its lock."""
+    """Resolve ``auto``/``cuda`` to one free GPU of this machine (or the CPU), keeping its lock.
+
+    With ``FUNDUS_TL_SIMULATE_GPUS=N`` set, a machine without CUDA claims ids among N pretend
+    GPUs and trains on the CPU: the claiming of a multi-GPU node can be watched on any laptop.
+    """
+    simulated = int(os.environ.get(SIMULATED_GPUS_VARIABLE) or 0)
     target = resolve_device(device)
+    if simulated and target.type == "cpu" and device == "auto":
+        claimed = claim_gpu(simulated)
+        if claimed is None:
+            log.info("every one of the %d simulated GPUs is claimed; training on the CPU", simulated)
+            return target, None
+        log.info("claimed simulated GPU %d of %d; training on the CPU", claimed[0], simulated)
+        return target, claimed[1]
     if target.type != "cuda" or target.index is not None:
         return target, None
     claimed = claim_gpu(torch.cuda.device_count())
@@ -154,6 +167,7 @@ def choose_device(device: str) -> tuple[torch.device, IO | None]:
         log.warning("every GPU is claimed by another training job; sharing cuda:0")
         return torch.device("cuda:0"), None
     gpu, lock = claimed
+    log.info("claimed GPU %d of %d", gpu, torch.cuda.device_count())
     return torch.device(f"cuda:{gpu}"), lock
 
 
@@ -188,9 +202,9 @@ def augment_batch(images: torch.Tensor, settings: Augmentation, generator: torch
     return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
-def to_tensor(batch: np.ndarray, device: torch.device, channels_last: bool) -> torch.Tensor:
+def to_tensor(batch: np.ndarray | torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
     """(B, H, W, 3) uint8 -> (B, 3, H, W) float32 in [0, 255] on `device`."""
-    tensor = torch.from_numpy(batch).to(device, non_blocking=True).permute(0, 3, 1, 2).float()
+    tensor = torch.as_tensor(batch).to(device, non_blocking=True).permute(0, 3, 1, 2).float()
     return tensor.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
 
 
@@ -289,19 +303,49 @@ def make_scheduler(experiment: Experiment, optimizer: torch.optim.Optimizer) -> 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def prefetched_batches(images: CachedImages, keys: list[str], batch_size: int) -> Iterator[tuple[int, np.ndarray]]:
-    """Yield (start, uint8 batch) while the next batch is gathered from the memory maps in a thread."""
-    starts = list(range(0, len(keys), batch_size))
-    if not starts:
-        return
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        pending = pool.submit(images.get, keys[:batch_size])
-        for number, start in enumerate(starts):
-            batch = pending.result()
-            if number + 1 < len(starts):
-                following = starts[number + 1]
-                pending = pool.submit(images.get, keys[following : following + batch_size])
-            yield start, batch
+class CachedRows(torch.utils.data.Dataset):
+    """Cache rows by position in `keys`; DataLoader workers fetch a whole batch per call."""
+
+    def __init__(self, images: CachedImages, keys: list[str]):
+        self.images = images
+        self.keys = keys
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def __getitem__(self, position: int) -> torch.Tensor:
+        return self.__getitems__([position])[0]
+
+    def __getitems__(self, positions: list[int]) -> torch.Tensor:
+        """One positioned read per row into one (B, S, S, 3) uint8 tensor: no per-image collation."""
+        return torch.from_numpy(self.images.get([self.keys[position] for position in positions]))
+
+
+def _whole_batch(batch: torch.Tensor) -> torch.Tensor:
+    return batch
+
+
+def loader_workers(threads: int, device: torch.device) -> int:
+    """DataLoader workers for a job of `threads` threads.
+
+    A GPU computes by itself, so all threads but the main one gather batches for it; on the CPU
+    the threads run the model, and one worker gathering uint8 rows keeps up with them.
+    """
+    return max(threads - 1, 1) if device.type == "cuda" else 1
+
+
+def cached_batches(
+    images: CachedImages, keys: list[str], batches: list[list[int]], workers: int, pin_memory: bool = False
+) -> torch.utils.data.DataLoader:
+    """uint8 batches of `keys` at the positions in `batches`, in that order, read ahead by `workers`."""
+    return torch.utils.data.DataLoader(
+        CachedRows(images, keys),
+        batch_sampler=batches,
+        num_workers=workers,
+        collate_fn=_whole_batch,
+        pin_memory=pin_memory,
+        prefetch_factor=4 if workers else None,
+    )
 
 
 def _amp_dtype(device: torch.device, amp: bool) -> torch.dtype | None:
@@ -415,6 +459,7 @@ def train_fold(
     target_device, gpu_lock = choose_device(device)
     channels_last = channels_last and target_device.type == "cuda"
     amp_dtype = _amp_dtype(target_device, amp)
+    workers = loader_workers(threads, target_device)
     n_classes = len(class_names)
     checkpoint = Path(checkpoint or Path(model_out).with_name("checkpoint.pt"))
 
@@ -487,20 +532,22 @@ def train_fold(
             unfreeze_all(model)
         model.train()
         keep_frozen_batchnorm_in_eval(model)
-        order = torch.randperm(len(train_keys), generator=generator).numpy()
+        order = torch.randperm(len(train_keys), generator=generator).tolist()
         if len(order) % experiment.batch_size == 1:
             order = order[:-1]  # a batch of one breaks BatchNorm statistics
+        positions = [
+            order[start : start + experiment.batch_size] for start in range(0, len(order), experiment.batch_size)
+        ]
         loss_sum, correct, seen = 0.0, 0, 0
-        batches = prefetched_batches(images, [train_keys[i] for i in order], experiment.batch_size)
+        batches = cached_batches(images, train_keys, positions, workers, pin_memory=target_device.type == "cuda")
         progress = tqdm(
-            total=math.ceil(len(order) / experiment.batch_size),
+            total=len(positions),
             desc=f"fold {fold} epoch {epoch}",
             unit="batch",
             leave=False,
             disable=not sys.stderr.isatty(),
         )
-        for step, (start, pixels) in enumerate(batches, start=1):
-            chosen = order[start : start + experiment.batch_size]
+        for step, (chosen, pixels) in enumerate(zip(positions, batches, strict=True), start=1):
             batch = to_tensor(pixels, target_device, channels_last)
             if experiment.augment.active:
                 batch = augment_batch(batch, experiment.augment, generator)
