@@ -22,4 +22,5 @@ train_fold(
     threads=snakemake.threads,
     device=runtime["device"],
     amp=runtime["amp"],
+    channels_last=runtime["channels_last"],
 )

@@ -41,32 +41,40 @@ def build_shard(
 ) -> pd.DataFrame:
     """Decode `items` (columns key, path) into one shard; return the index that was written.
 
-    The array is filled through a memory map, so peak memory is one image per thread whatever the
-    shard size. Both files appear under their final names only when complete.
+    Rows go to the file with ``pwrite`` as they are decoded, so peak memory is one image per thread
+    whatever the shard size; unlike stores through a memory map, written pages do not count
+    towards the process's resident memory. Both files appear under their final names only when
+    complete.
     """
     items = items.sort_values("key").reset_index(drop=True)
     cv2.setNumThreads(1)
     started = time.perf_counter()
+    shape = (len(items), size, size, 3)
+    row_bytes = size * size * 3
     with atomic_path(out_npy, suffix=".npy") as tmp_npy:
-        if items.empty:
-            np.save(tmp_npy, np.zeros((0, size, size, 3), np.uint8))
-        array = np.lib.format.open_memmap(
-            tmp_npy, mode="r+" if items.empty else "w+", dtype=np.uint8, shape=(len(items), size, size, 3)
-        )
+        with open(tmp_npy, "wb") as handle:
+            np.lib.format.write_array_header_1_0(handle, {"descr": "|u1", "fortran_order": False, "shape": shape})
+            offset = handle.tell()
+            handle.truncate(offset + len(items) * row_bytes)  # unwritten rows (skipped images) read as zeros
+        descriptor = os.open(tmp_npy, os.O_WRONLY)
+        try:
 
-        def decode_row(row: int) -> tuple[str, str]:
-            try:
-                array[row] = load_image(items.at[row, "path"], size, preprocessing)
-            except UnreadableImage as error:
-                return "skipped", str(error)
-            except OSError as error:
-                return "skipped", f"cannot read file ({error.strerror or error})"
-            return "ok", ""
+            def decode_row(row: int) -> tuple[str, str]:
+                try:
+                    image = load_image(items.at[row, "path"], size, preprocessing)
+                except UnreadableImage as error:
+                    return "skipped", str(error)
+                except OSError as error:
+                    return "skipped", f"cannot read file ({error.strerror or error})"
+                if os.pwrite(descriptor, image, offset + row * row_bytes) != row_bytes:
+                    raise OSError(f"{tmp_npy}: short write of row {row}")
+                return "ok", ""
 
-        with ThreadPoolExecutor(max_workers=max(threads, 1)) as pool:
-            results = list(pool.map(decode_row, range(len(items))))
-        array.flush()
-        del array
+            with ThreadPoolExecutor(max_workers=max(threads, 1)) as pool:
+                results = list(pool.map(decode_row, range(len(items))))
+            os.fsync(descriptor)
+        finally:
+            os.close(descriptor)
     index = items[["key", "path"]].copy()
     index["row"] = range(len(items))
     index["status"] = [status for status, _ in results]
