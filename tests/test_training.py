@@ -293,3 +293,22 @@ def test_fold_ensemble_averages_softmax_probabilities(cached, tmp_path):
         by_hand.append(torch.softmax(torch.from_numpy(predict(model, images, keys, 4, torch.device("cpu"))), 1))
     assert np.allclose(averaged, ((by_hand[0] + by_hand[1]) / 2).numpy(), atol=1e-5)
     assert np.allclose(averaged.sum(axis=1), 1, atol=1e-5)
+
+
+@pytest.mark.parametrize("start_method", ["fork", "spawn"])
+def test_loader_workers_deliver_the_batches_asked_for_in_order(cached, start_method):
+    """Workers read the cache in other processes (``spawn`` pickles it) and keep the batch order."""
+    import multiprocessing
+
+    from fundus_tl.training import cached_batches
+
+    _, images, _ = cached
+    keys = images.keys()
+    positions = [[5, 0, 9], [1], [12, 3, 7, 2]]
+    loader = cached_batches(images, keys, positions, workers=2)
+    loader.multiprocessing_context = multiprocessing.get_context(start_method)
+    batches = list(loader)
+    assert [batch.shape[0] for batch in batches] == [3, 1, 4]
+    for batch, chosen in zip(batches, positions, strict=True):
+        assert batch.dtype == torch.uint8
+        assert np.array_equal(batch.numpy(), images.get([keys[position] for position in chosen]))

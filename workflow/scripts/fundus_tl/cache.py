@@ -138,6 +138,19 @@ class CachedImages:
         for descriptor, _ in getattr(self, "_files", []):
             os.close(descriptor)
 
+    def __getstate__(self) -> dict:
+        """Pickle without the file descriptors: a spawned DataLoader worker reopens the shards."""
+        state = self.__dict__.copy()
+        state["_files"] = [offset for _, offset in self._files]
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        offsets = state.pop("_files")
+        self.__dict__.update(state)
+        self._files = [
+            (os.open(shard, os.O_RDONLY), offset) for shard, offset in zip(self.shard_files, offsets, strict=True)
+        ]
+
     def __contains__(self, key: str) -> bool:
         return key in self.index.index
 
