@@ -312,3 +312,16 @@ def test_loader_workers_deliver_the_batches_asked_for_in_order(cached, start_met
     for batch, chosen in zip(batches, positions, strict=True):
         assert batch.dtype == torch.uint8
         assert np.array_equal(batch.numpy(), images.get([keys[position] for position in chosen]))
+
+
+def test_the_loader_leaves_the_global_random_stream_alone(cached):
+    """Dropout and augmentation draw from torch's global RNG; reading batches must not consume it."""
+    from fundus_tl.training import cached_batches
+
+    _, images, _ = cached
+    torch.manual_seed(11)
+    expected = torch.rand(3)
+    torch.manual_seed(11)
+    for workers in (0, 1):
+        list(cached_batches(images, images.keys(), [[0, 1], [2]], workers))
+    assert torch.equal(torch.rand(3), expected)

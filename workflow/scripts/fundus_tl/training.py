@@ -337,7 +337,11 @@ def loader_workers(threads: int, device: torch.device) -> int:
 def cached_batches(
     images: CachedImages, keys: list[str], batches: list[list[int]], workers: int, pin_memory: bool = False
 ) -> torch.utils.data.DataLoader:
-    """uint8 batches of `keys` at the positions in `batches`, in that order, read ahead by `workers`."""
+    """uint8 batches of `keys` at the positions in `batches`, in that order, read ahead by `workers`.
+
+    The loader draws its workers' seeds from a generator of its own, not from torch's global one,
+    so the training's random stream (dropout, augmentation) does not depend on the worker count.
+    """
     return torch.utils.data.DataLoader(
         CachedRows(images, keys),
         batch_sampler=batches,
@@ -345,6 +349,7 @@ def cached_batches(
         collate_fn=_whole_batch,
         pin_memory=pin_memory,
         prefetch_factor=4 if workers else None,
+        generator=torch.Generator().manual_seed(0),
     )
 
 
