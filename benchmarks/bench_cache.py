@@ -3,22 +3,49 @@
 The seed Keras scripts decoded every photograph in full (``cv2.imread``) and shrank it with
 ``cv2.resize`` (bilinear), once per epoch. The workflow instead decodes each file once into a uint8
 shard (`fundus_tl.cache.build_shard`): libjpeg decodes at 1/2, 1/4 or 1/8 scale, INTER_AREA does
-the rest, a thread pool spreads files over cores and a memory map holds the output. This script
-checks on EyePACS-size JPEGs that this is several times cheaper per core, that it scales with
-threads, and that peak memory does not grow with the number of images.
+the rest, a thread pool spreads files over cores and each row is written to the shard file as it
+is done. This script measures on EyePACS-size JPEGs how much cheaper that is per core, how it
+scales with threads, and whether peak memory grows with the number of images.
 
-Synthetic fundus pictures are far smoother than camera images and would compress to a fraction of
-the ~1 MB of a real EyePACS JPEG, which would flatter every decoder; so they are rendered at a
-quarter of full size, upscaled, and given sensor-like luma and chroma noise before encoding.
+What sets the ratio. A reduced-scale decode skips the full decode's inverse DCT, upsampling and
+colour conversion and the page faults of its 30 MB output, but it still has to entropy-decode
+every coefficient in the file. The ratio therefore follows the bytes per pixel, not what the bytes
+depict: on a 3888x2592 frame of 1.0 MB, full vs 1/8-scale decode CPU time came out at 2.0-2.2x
+whether the noise was white or smoothed over 0.7-5 px, at quality 85-95, with 4:2:0, 4:2:2 or
+4:4:4 chroma, while the same content went from about 2.4x at 0.6 MB to 1.8x at 1.4 MB (2-core AMD
+EPYC VM). So the test files are pinned to the mean size of EyePACS files (35,126 training images in
+about 35 GB: ~1 MB) and must spend those bytes the way camera files do.
+
+Camera-like corpus (the headline). Synthetic fundus pictures (`fundus_tl.synthetic`) are made to
+look to the codec like fundus-camera files:
+
+- optics: drawn at 1/4 of the frame and upscaled, as a fundus camera resolves some 10-20 um on
+  the retina, two to four pixels of a 3888 px frame: edges are soft at pixel scale;
+- texture: a fine multiplicative band-pass pattern (Gaussian scales 1.5-6 px, 3 %) for the
+  choroidal mottling and nerve-fibre striation that the renderer draws only coarsely;
+- noise: shot noise, its spread growing with the square root of brightness down to a read-noise
+  floor of 0.4 grey levels, so the black surround stays nearly flat as in camera files; it is
+  correlated the way demosaicing and in-camera noise reduction leave it, luma over about 2 px
+  (Gaussian sigma 0.8 px), chroma in blotches of about 5 px (sigma 2.5 px);
+- encoding: quality 90. 3888x2592 is the frame of the 10-megapixel Canon EOS bodies on many
+  fundus cameras, which write 4:2:2 chroma; the second camera's 3216x2136 files get 4:2:0,
+  libjpeg's default, which is what software that re-saves images writes.
+
+The noise level (2.5 grey levels of luma, 3 of chroma at mid-grey) is the free parameter: it is
+set so that the files average ~1 MB.
+
+Stress corpus (worst case, also printed). The earlier generator: white per-pixel luma noise
+(sigma 4) on the disc and chroma noise (sigma 1) everywhere, borders included, all 4:2:0, ~1.2 MB
+on average. No camera writes noise like this, and it puts bytes into the black borders where
+camera files have almost none, so it shows how far the figures fall on heavier files.
 
 Every measurement runs in a fresh process, so its peak RSS is its own, and is repeated, keeping
 the fastest run, because shared machines are noisy. Files are read once beforehand so that the
 page cache, not the disk, serves them. Two figures help to read the others: how much parallel CPU
 the machine gave at the time (a shared 2-core VM may give less than 2 cores), and how the peak RSS
-of `build_shard` splits into anonymous memory and file-backed pages, since the memory-mapped shard
-itself is counted in RSS while it is being written.
+of `build_shard` splits into anonymous memory and file-backed pages.
 
-Usage: ``.venv/bin/python benchmarks/bench_cache.py [--images 48] [--size 299] [--workdir DIR]``
+Usage: ``.venv/bin/python benchmarks/bench_cache.py [--images 48] [--size 299] [--repeats 5] [--workdir DIR]``
 """
 
 from __future__ import annotations
@@ -52,11 +79,23 @@ from fundus_tl.synthetic import GRADES, render_fundus
 FULL_SHAPE = (2592, 3888)  # (height, width) of most EyePACS photographs
 SMALL_SHAPE = (2136, 3216)  # a second camera in the EyePACS mix
 RENDER_SCALE = 4  # render at 1/4 of the file size, then upscale
-LUMA_NOISE_SIGMA = 4.0  # grey levels, on the fundus disc only
-CHROMA_NOISE_SIGMA = 1.0  # grey levels, per pixel and channel, everywhere
 NOISE_MARGIN = 256  # the noise fields are this much larger than an image, for random offsets
 NOISE_SEED = 20150101
 JPEG_QUALITY = 90
+SUBSAMPLING = {"4:2:0": 0x221111, "4:2:2": 0x211111}  # cv2.IMWRITE_JPEG_SAMPLING_FACTOR values
+# Camera-like corpus: shot noise in grey levels at mid-grey (the level that makes files ~1 MB),
+# its correlation lengths, and texture.
+CAMERA_LUMA_SIGMA = 2.5
+CAMERA_CHROMA_SIGMA = 3.0
+LUMA_CORRELATION_PX = 0.8  # Gaussian sigma: correlated over about 2 px, as demosaicing leaves it
+CHROMA_CORRELATION_PX = 2.5  # chroma noise reduction leaves colour noise in blotches of about 5 px
+READ_NOISE_VARIANCE = 0.03  # noise variance left on black (read noise), relative to mid-grey
+TEXTURE_SCALES_PX = (1.5, 6.0)  # band-pass: fine detail between these Gaussian sigmas
+TEXTURE_AMPLITUDE = 0.03  # relative brightness
+LUMA_WEIGHTS = np.array([0.114, 0.587, 0.299], np.float32)  # BGR to luma (BT.601)
+# Stress corpus: white noise per pixel.
+STRESS_LUMA_SIGMA = 4.0  # grey levels, on the fundus disc only
+STRESS_CHROMA_SIGMA = 1.0  # grey levels, per pixel and channel, everywhere
 PREPROCESSING = "none"  # the seed path neither crops nor normalises
 DECODE_REPEATS = 10
 SPIN_ITERATIONS = 20_000_000  # about a quarter of a second of pure CPU work
@@ -131,39 +170,98 @@ def image_path(image_dir: Path, number: int) -> Path:
     return image_dir / f"fundus-{number:04d}-{width}x{height}.jpeg"
 
 
-class SensorNoise:
-    """Precomputed luma and chroma noise fields; each image adds a window at a random offset."""
-
-    def __init__(self, rng: np.random.Generator):
-        height, width = FULL_SHAPE[0] + NOISE_MARGIN, FULL_SHAPE[1] + NOISE_MARGIN
-        self.luma = np.round(rng.normal(0.0, LUMA_NOISE_SIGMA, (height, width))).astype(np.int16)
-        self.chroma = np.round(rng.normal(0.0, CHROMA_NOISE_SIGMA, (height, width, 3))).astype(np.int16)
-
-    def add(self, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        """`image` (BGR uint8) with luma noise on the fundus disc and chroma noise everywhere."""
-        height, width = image.shape[:2]
-        top, left = (int(offset) for offset in rng.integers(0, NOISE_MARGIN, 2))
-        window = np.s_[top : top + height, left : left + width]
-        on_fundus = image.max(axis=2) > 10
-        noisy = image.astype(np.int16) + self.chroma[window]
-        noisy += np.where(on_fundus, self.luma[window], 0)[:, :, None]
-        return np.clip(noisy, 0, 255).astype(np.uint8)
-
-
-def synthesize_jpeg(number: int, noise: SensorNoise) -> bytes:
-    """A full-size, noisy synthetic fundus JPEG; the same bytes for the same `number`."""
-    rng = np.random.default_rng(number)
+def rendered(number: int, rng: np.random.Generator) -> np.ndarray:
+    """Synthetic fundus `number` (BGR uint8) at full file size: drawn small, then upscaled."""
     height, width = image_shape(number)
-    rendered = render_fundus(number % GRADES, rng, (height // RENDER_SCALE, width // RENDER_SCALE))
-    upscaled = cv2.resize(rendered, (width, height), interpolation=cv2.INTER_CUBIC)
-    ok, encoded = cv2.imencode(".jpeg", noise.add(upscaled, rng), [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
+    small = render_fundus(number % GRADES, rng, (height // RENDER_SCALE, width // RENDER_SCALE))
+    return cv2.resize(small, (width, height), interpolation=cv2.INTER_CUBIC)
+
+
+def window(rng: np.random.Generator, shape: tuple[int, int]) -> tuple[slice, slice]:
+    """A random `shape` window into a noise field, so that images do not share their noise."""
+    top, left = (int(offset) for offset in rng.integers(0, NOISE_MARGIN, 2))
+    return np.s_[top : top + shape[0], left : left + shape[1]]
+
+
+def correlated_noise(rng: np.random.Generator, shape: tuple[int, ...], sigma: float) -> np.ndarray:
+    """Gaussian noise of unit standard deviation, smoothed over `sigma` px (channels separately)."""
+    smoothed = cv2.GaussianBlur(rng.standard_normal(shape, np.float32), (0, 0), sigma)
+    return smoothed / smoothed.std()
+
+
+def encode_jpeg(image: np.ndarray, subsampling: str) -> bytes:
+    """`image` (BGR uint8) as a JPEG of the benchmark's quality with the given chroma subsampling."""
+    parameters = [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY, cv2.IMWRITE_JPEG_SAMPLING_FACTOR, SUBSAMPLING[subsampling]]
+    ok, encoded = cv2.imencode(".jpeg", image, parameters)
     if not ok:
-        raise RuntimeError(f"OpenCV could not encode image {number}")
+        raise RuntimeError("OpenCV could not encode an image")
     return encoded.tobytes()
 
 
-def ensure_images(image_dir: Path, count: int) -> list[Path]:
-    """Write whichever of the `count` benchmark JPEGs are missing; return all their paths."""
+class CameraCorpus:
+    """Files made the way a fundus camera makes them; see the module docstring for the reasoning."""
+
+    name = "camera"
+    title = "Camera-like corpus"
+
+    def __init__(self, rng: np.random.Generator):
+        shape = (FULL_SHAPE[0] + NOISE_MARGIN, FULL_SHAPE[1] + NOISE_MARGIN)
+        self.luma = correlated_noise(rng, shape, LUMA_CORRELATION_PX)
+        self.chroma = correlated_noise(rng, (*shape, 3), CHROMA_CORRELATION_PX)
+        fine, coarse = (correlated_noise(rng, shape, sigma) for sigma in TEXTURE_SCALES_PX)
+        texture = fine - 0.5 * coarse
+        self.texture = texture / texture.std()
+
+    @staticmethod
+    def subsampling(number: int) -> str:
+        """The 3888x2592 (Canon EOS) camera writes 4:2:2; the other camera's files are 4:2:0."""
+        return "4:2:2" if image_shape(number) == FULL_SHAPE else "4:2:0"
+
+    def synthesize(self, number: int) -> bytes:
+        """Full-size JPEG `number`: texture, then shot noise that fades to read noise on the black surround."""
+        rng = np.random.default_rng(number)
+        image = rendered(number, rng).astype(np.float32)
+        area = window(rng, image.shape[:2])
+        image *= 1.0 + TEXTURE_AMPLITUDE * self.texture[area][:, :, None]
+        shot = np.sqrt(np.maximum(image @ LUMA_WEIGHTS, 0.0) / 128.0 + READ_NOISE_VARIANCE)  # std / mid-grey std
+        image += (CAMERA_LUMA_SIGMA * shot * self.luma[area])[:, :, None]
+        image += CAMERA_CHROMA_SIGMA * shot[:, :, None] * self.chroma[area]
+        return encode_jpeg(np.clip(image + 0.5, 0.0, 255.0).astype(np.uint8), self.subsampling(number))
+
+
+class StressCorpus:
+    """White per-pixel noise, also on the black surround: more bytes than camera files, worst case."""
+
+    name = "stress"
+    title = "Stress corpus (white noise)"
+
+    def __init__(self, rng: np.random.Generator):
+        height, width = FULL_SHAPE[0] + NOISE_MARGIN, FULL_SHAPE[1] + NOISE_MARGIN
+        self.luma = np.round(rng.normal(0.0, STRESS_LUMA_SIGMA, (height, width))).astype(np.int16)
+        self.chroma = np.round(rng.normal(0.0, STRESS_CHROMA_SIGMA, (height, width, 3))).astype(np.int16)
+
+    @staticmethod
+    def subsampling(number: int) -> str:
+        """Every file is 4:2:0."""
+        return "4:2:0"
+
+    def synthesize(self, number: int) -> bytes:
+        """Full-size JPEG `number`: luma noise on the fundus disc, chroma noise everywhere."""
+        rng = np.random.default_rng(number)
+        image = rendered(number, rng)
+        area = window(rng, image.shape[:2])
+        on_fundus = image.max(axis=2) > 10
+        noisy = image.astype(np.int16) + self.chroma[area]
+        noisy += np.where(on_fundus, self.luma[area], 0)[:, :, None]
+        return encode_jpeg(np.clip(noisy, 0, 255).astype(np.uint8), self.subsampling(number))
+
+
+Corpus = CameraCorpus | StressCorpus
+CORPORA: tuple[type[Corpus], ...] = (CameraCorpus, StressCorpus)
+
+
+def ensure_images(corpus: type[Corpus], image_dir: Path, count: int) -> list[Path]:
+    """Write whichever of the corpus's first `count` JPEGs are missing; return all their paths."""
     paths = [image_path(image_dir, number) for number in range(count)]
     missing = [(number, path) for number, path in enumerate(paths) if not path.exists()]
     if not missing:
@@ -171,10 +269,10 @@ def ensure_images(image_dir: Path, count: int) -> list[Path]:
         return paths
     image_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    noise = SensorNoise(np.random.default_rng(NOISE_SEED))
+    generator = corpus(np.random.default_rng(NOISE_SEED))
     for number, path in missing:
         partial = path.with_suffix(".partial")
-        partial.write_bytes(synthesize_jpeg(number, noise))
+        partial.write_bytes(generator.synthesize(number))
         partial.replace(path)
     print(f"generated {len(missing)} of {count} JPEGs in {image_dir} in {time.perf_counter() - started:.1f} s")
     return paths
@@ -186,13 +284,20 @@ def image_dimensions(path: Path) -> tuple[int, int]:
         return image.size
 
 
-def describe_images(paths: list[Path]) -> str:
-    """Mean file size and the dimensions found in the JPEG headers."""
+def chroma_subsampling(path: Path) -> str:
+    """The chroma subsampling a JPEG was written with, from its luma sampling factors."""
+    with Image.open(path) as image:
+        _, horizontal, vertical, _ = image.layer[0]
+    return {(1, 1): "4:4:4", (2, 1): "4:2:2", (2, 2): "4:2:0"}.get((horizontal, vertical), f"{horizontal}x{vertical}")
+
+
+def describe_images(corpus: type[Corpus], paths: list[Path]) -> str:
+    """Mean file size, and the dimensions and chroma subsampling found in the JPEG headers."""
     sizes = [path.stat().st_size for path in paths]
-    dimensions = pd.Series([image_dimensions(path) for path in paths]).value_counts()
-    shapes = ", ".join(f"{count} x {width}x{height}" for (width, height), count in dimensions.items())
+    kinds = pd.Series([(*image_dimensions(path), chroma_subsampling(path)) for path in paths]).value_counts()
+    shapes = ", ".join(f"{count} x {width}x{height} {chroma}" for (width, height, chroma), count in kinds.items())
     return (
-        f"{len(paths)} JPEGs (quality {JPEG_QUALITY}), mean {statistics.mean(sizes) / 1e6:.2f} MB "
+        f"{corpus.title}: {len(paths)} JPEGs (quality {JPEG_QUALITY}), mean {statistics.mean(sizes) / 1e6:.2f} MB "
         f"(min {min(sizes) / 1e6:.2f}, max {max(sizes) / 1e6:.2f}); {shapes}"
     )
 
@@ -405,10 +510,22 @@ def cpu_description() -> str:
     return f"{os.cpu_count()} cores ({len(os.sched_getaffinity(0))} usable), {model}"
 
 
-def markdown_table(rows: list[tuple[str, str]]) -> str:
-    """A two-column Markdown table, ready to paste into a README."""
-    lines = ["| Measurement | Result |", "| --- | --- |"]
-    lines.extend(f"| {measurement} | {result} |" for measurement, result in rows)
+@dataclass
+class CorpusReport:
+    """What one corpus gave: its description, the table column and the findings to flag."""
+
+    title: str
+    summary: str
+    rows: list[tuple[str, str]]
+    notes: list[str]
+
+
+def markdown_table(reports: list[CorpusReport]) -> str:
+    """Measurements down, one column per corpus, ready to paste into a README."""
+    lines = ["| Measurement | " + " | ".join(report.title for report in reports) + " |"]
+    lines.append("| --- " * (len(reports) + 1) + "|")
+    for row, (measurement, _) in enumerate(reports[0].rows):
+        lines.append(f"| {measurement} | " + " | ".join(report.rows[row][1] for report in reports) + " |")
     return "\n".join(lines)
 
 
@@ -438,27 +555,18 @@ def surprises(
     return notes
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--images", type=int, default=48, help="number of distinct JPEGs (default 48)")
-    parser.add_argument("--size", type=int, default=299, help="output side in pixels (default 299)")
-    parser.add_argument("--repeats", type=int, default=3, help="runs per throughput measurement, best kept")
-    parser.add_argument("--workdir", type=Path, default=Path("/tmp/fundus-bench-cache"), help="images and shards")
-    args = parser.parse_args()
-    started = time.perf_counter()
-
-    files = ensure_images(args.workdir / "images", args.images)
-    image_summary = describe_images(files)
-    print(image_summary)
+def measure_corpus(corpus: type[Corpus], count: int, size: int, repeats: int, workdir: Path) -> CorpusReport:
+    """All measurements on one corpus, with progress printed as they come."""
+    files = ensure_images(corpus, workdir / corpus.name, count)
+    summary = describe_images(corpus, files)
+    print(summary)
     print(f"page cache warmed with {warm_page_cache(files) / 1e6:.0f} MB")
     paths = [str(path) for path in files]
-    shard_dir = args.workdir / "shards"
+    shard_dir = workdir / "shards"
     shard_dir.mkdir(parents=True, exist_ok=True)
 
-    print(f"throughput at {args.size} px, best of {args.repeats} fresh processes each:")
-    (seed, one_thread, two_threads, floor), parallelism = time_throughput(
-        paths, args.size, args.repeats, str(shard_dir)
-    )
+    print(f"throughput at {size} px, best of {repeats} fresh processes each:")
+    (seed, one_thread, two_threads, floor), parallelism = time_throughput(paths, size, repeats, str(shard_dir))
     per_core = one_thread.fastest.images_per_second / seed.fastest.images_per_second
     ceiling = floor.fastest.images_per_second / seed.fastest.images_per_second
     efficiency = one_thread.fastest.images_per_second / floor.fastest.images_per_second
@@ -471,22 +579,23 @@ def main() -> None:
     )
 
     print("peak memory against image count:")
-    small, large = time_memory_scaling(paths, args.size, str(shard_dir))
+    small, large = time_memory_scaling(paths, size, str(shard_dir))
     growth = large.peak_mib / small.peak_mib
     anonymous_growth = large.peak_anonymous_mib / small.peak_anonymous_mib
     print(f"  {large.images} / {small.images} images: total {growth:.2f}x, anonymous {anonymous_growth:.2f}x")
     shutil.rmtree(shard_dir)
 
-    full_size_file = next(path for path in paths if f"{FULL_SHAPE[1]}x{FULL_SHAPE[0]}" in path)
-    one_file = f"One {FULL_SHAPE[1]}x{FULL_SHAPE[0]} JPEG ({Path(full_size_file).stat().st_size / 1e6:.2f} MB)"
-    print(f"{one_file} to {args.size} px, 1 thread, median of {DECODE_REPEATS}:")
-    decodes = in_fresh_process(time_single_decodes, full_size_file, args.size)
+    one_file = next(path for path in paths if f"{FULL_SHAPE[1]}x{FULL_SHAPE[0]}" in path)
+    one_file_label = f"One {FULL_SHAPE[1]}x{FULL_SHAPE[0]} JPEG to {size} px"
+    one_file_mb = Path(one_file).stat().st_size / 1e6
+    print(f"{one_file_label} ({one_file_mb:.2f} MB), 1 thread, median of {DECODE_REPEATS}:")
+    decodes = in_fresh_process(time_single_decodes, one_file, size)
     for name, milliseconds in decodes.items():
         print(f"  {name}: {milliseconds:.1f} ms")
 
     rows = [(result.label, result.describe()) for result in (seed, one_thread, two_threads, floor)]
     rows += [
-        ("Speed-up per core: cache (1 thread) / seed", f"{per_core:.2f}x"),
+        ("Speed-up per core: cache (1 thread) / seed", f"**{per_core:.2f}x**"),
         ("Ceiling per core: decode floor / seed", f"{ceiling:.2f}x"),
         ("Cache throughput as a share of the decode floor, 1 thread", f"{100 * efficiency:.0f} %"),
         ("Thread scaling: cache (2 threads) / cache (1 thread)", f"{scaling:.2f}x"),
@@ -497,20 +606,40 @@ def main() -> None:
             f"Peak RSS growth, {large.images} / {small.images} images",
             f"total {growth:.2f}x, anonymous {anonymous_growth:.2f}x",
         ),
+        (f"{one_file_label}: its size", f"{one_file_mb:.2f} MB"),
     ]
-    rows += [
-        (f"{one_file} to {args.size} px: {name}", f"{milliseconds:.1f} ms") for name, milliseconds in decodes.items()
-    ]
+    rows += [(f"{one_file_label}: {name}", f"{milliseconds:.1f} ms") for name, milliseconds in decodes.items()]
+    notes = surprises(per_core, ceiling, scaling, parallelism, small, large)
+    return CorpusReport(corpus.title, summary, rows, notes)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=48, help="distinct JPEGs per corpus (default 48)")
+    parser.add_argument("--size", type=int, default=299, help="output side in pixels (default 299)")
+    parser.add_argument("--repeats", type=int, default=5, help="runs per throughput measurement, best kept")
+    parser.add_argument("--workdir", type=Path, default=Path("/tmp/fundus-bench-cache"), help="images and shards")
+    args = parser.parse_args()
+    started = time.perf_counter()
+
+    reports = []
+    for corpus in CORPORA:
+        print(f"== {corpus.title} ==")
+        reports.append(measure_corpus(corpus, args.images, args.size, args.repeats, args.workdir))
+
     print()
+    for report in reports:
+        print(f"{report.summary}.")
     print(
-        f"{image_summary}; output {args.size} px, preprocessing '{PREPROCESSING}', best of {args.repeats} runs. "
+        f"Output {args.size} px, preprocessing '{PREPROCESSING}', best of {args.repeats} runs. "
         f"Machine: {cpu_description()}; OpenCV {cv2.__version__}, Python {platform.python_version()}."
     )
     print()
-    print(markdown_table(rows))
+    print(markdown_table(reports))
     print()
-    for note in surprises(per_core, ceiling, scaling, parallelism, small, large):
-        print(f"NOTE: {note}")
+    for report in reports:
+        for note in report.notes:
+            print(f"NOTE ({report.title}): {note}")
     print(f"total {time.perf_counter() - started:.0f} s")
 
 

@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 
 from fundus_tl.cache import CachedImages, build_shard, read_index, skipped_files
-from fundus_tl.imaging import crop_to_fundus, decode, reduction_factor
+from fundus_tl.imaging import _jpeg_frame_size, crop_to_fundus, decode, prepare, reduction_factor
 
 from .conftest import fundus_like
 
@@ -30,6 +30,28 @@ def test_decode_converts_gray_alpha_and_16_bit_to_rgb8(tmp_path: Path):
     assert rgb_gray.shape == (40, 50, 3) and rgb_gray.dtype == np.uint8 and rgb_gray[0, 0].tolist() == [200] * 3
     assert rgb_alpha[0, 0].tolist() == [255, 0, 0]  # red stays red: RGB order
     assert rgb_deep[0, 0].tolist() == [127, 127, 127] or rgb_deep[0, 0].tolist() == [128, 128, 128]
+
+
+def test_jpeg_frame_size_agrees_with_pillow(tmp_path: Path):
+    from PIL import Image
+
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (37, 53, 3), np.uint8))
+    variants = {"baseline": {}, "progressive": {"progressive": True}, "4:4:4": {"subsampling": 0}}
+    variants["exif and a large ICC profile"] = {"exif": image.getexif().tobytes(), "icc_profile": b"x" * 70000}
+    for name, options in variants.items():
+        image.save(tmp_path / "a.jpeg", "JPEG", **options)
+        assert _jpeg_frame_size((tmp_path / "a.jpeg").read_bytes()) == (53, 37), name
+    data = (tmp_path / "a.jpeg").read_bytes()
+    assert _jpeg_frame_size(data[:2] + b"\xff" + data[2:]) == (53, 37)  # a fill byte before a marker
+    image.save(tmp_path / "a.png")
+    for other in ((tmp_path / "a.png").read_bytes(), data[:100], b""):
+        assert _jpeg_frame_size(other) is None
+
+
+def test_area_resize_matches_opencv_uint8():
+    rgb = np.random.default_rng(1).integers(0, 256, (324, 486, 3), np.uint8)
+    expected = cv2.resize(rgb, (299, 299), interpolation=cv2.INTER_AREA)
+    assert np.abs(prepare(rgb, 299, "none").astype(int) - expected).max() <= 1
 
 
 def test_crop_to_fundus_removes_black_borders():
@@ -67,6 +89,8 @@ def test_shard_caches_good_images_and_reports_bad_ones(tmp_path: Path):
     assert "empty" in reasons["train/empty.jpeg"]
     assert "not a readable image" in reasons["train/text.jpeg"]
     assert not list((tmp_path / "c").glob(".*tmp*"))
+    rows = np.load(tmp_path / "c/shard-000.npy")
+    assert rows.shape == (4, 48, 48, 3) and rows[index["status"] == "skipped"].max() == 0
 
     images = CachedImages([tmp_path / "c/shard-000.npy"])
     batch = images.get(["train/a good one.jpeg"])

@@ -51,30 +51,26 @@ def build_shard(
     started = time.perf_counter()
     shape = (len(items), size, size, 3)
     row_bytes = size * size * 3
-    with atomic_path(out_npy, suffix=".npy") as tmp_npy:
-        with open(tmp_npy, "wb") as handle:
-            np.lib.format.write_array_header_1_0(handle, {"descr": "|u1", "fortran_order": False, "shape": shape})
-            offset = handle.tell()
-            handle.truncate(offset + len(items) * row_bytes)  # unwritten rows (skipped images) read as zeros
-        descriptor = os.open(tmp_npy, os.O_WRONLY)
-        try:
+    with atomic_path(out_npy, suffix=".npy") as tmp_npy, open(tmp_npy, "wb") as handle:
+        np.lib.format.write_array_header_1_0(handle, {"descr": "|u1", "fortran_order": False, "shape": shape})
+        offset = handle.tell()
+        handle.truncate(offset + len(items) * row_bytes)  # flushes the header; skipped rows stay zero
+        descriptor = handle.fileno()
 
-            def decode_row(row: int) -> tuple[str, str]:
-                try:
-                    image = load_image(items.at[row, "path"], size, preprocessing)
-                except UnreadableImage as error:
-                    return "skipped", str(error)
-                except OSError as error:
-                    return "skipped", f"cannot read file ({error.strerror or error})"
-                if os.pwrite(descriptor, image, offset + row * row_bytes) != row_bytes:
-                    raise OSError(f"{tmp_npy}: short write of row {row}")
-                return "ok", ""
+        def decode_row(row: int) -> tuple[str, str]:
+            try:
+                image = load_image(items.at[row, "path"], size, preprocessing)
+            except UnreadableImage as error:
+                return "skipped", str(error)
+            except OSError as error:
+                return "skipped", f"cannot read file ({error.strerror or error})"
+            if os.pwrite(descriptor, image, offset + row * row_bytes) != row_bytes:
+                raise OSError(f"short write of row {row} to {tmp_npy}")
+            return "ok", ""
 
-            with ThreadPoolExecutor(max_workers=max(threads, 1)) as pool:
-                results = list(pool.map(decode_row, range(len(items))))
-            os.fsync(descriptor)
-        finally:
-            os.close(descriptor)
+        with ThreadPoolExecutor(max_workers=max(threads, 1)) as pool:
+            results = list(pool.map(decode_row, range(len(items))))
+        os.fsync(descriptor)
     index = items[["key", "path"]].copy()
     index["row"] = range(len(items))
     index["status"] = [status for status, _ in results]

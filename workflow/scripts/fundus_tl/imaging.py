@@ -1,13 +1,16 @@
 """Decode one fundus photograph and bring it to the model's square input size.
 
 Full-size EyePACS JPEGs are 3-5k px wide; decoding them at 1/2, 1/4 or 1/8 scale inside libjpeg
-and then area-averaging is several times faster than a full decode and gives the same pixels
-for a 299 px target.
+and then area-averaging gives the same pixels for a 299 px target as a full decode, at a fraction
+of the cost: on ~1 MB files two to three times less, since entropy decoding is paid in full at any
+scale.
 """
 
 from __future__ import annotations
 
 import io
+import os
+import struct
 
 import cv2
 import numpy as np
@@ -25,6 +28,7 @@ _ORIENT = {  # EXIF orientation -> the operation that shows the image upright
     8: lambda image: cv2.rotate(image, cv2.ROTATE_90_COUNTERCLOCKWISE),
 }
 _JPEG_TAIL_BYTES = 4096
+_JPEG_FRAME_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}  # SOF0-SOF15 but DHT, JPG, DAC
 REDUCED_FLAGS = {8: cv2.IMREAD_REDUCED_COLOR_8, 4: cv2.IMREAD_REDUCED_COLOR_4, 2: cv2.IMREAD_REDUCED_COLOR_2}
 
 
@@ -69,16 +73,40 @@ def _is_truncated_jpeg(data: bytes) -> bool:
     return data.rfind(b"\xff\xd9") < data.rfind(b"\xff\xda")
 
 
+def _jpeg_frame_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from a JPEG's frame header, walking the marker segments; None if not a JPEG.
+
+    Between two decodes Pillow's header parse costs about 0.3 ms; this takes microseconds.
+    """
+    if not data.startswith(b"\xff\xd8"):
+        return None
+    position = 2
+    while position + 9 <= len(data) and data[position] == 0xFF:
+        marker = data[position + 1]
+        if marker in _JPEG_FRAME_MARKERS:
+            height, width = struct.unpack_from(">HH", data, position + 5)
+            return (width, height) if width and height else None
+        position += 1 if marker == 0xFF else 2 + int.from_bytes(data[position + 2 : position + 4], "big")
+    return None
+
+
+def _header(data: bytes) -> tuple[int, int, str | None, int]:
+    """Width, height, format and EXIF orientation (1 for JPEG: OpenCV applies it while decoding)."""
+    frame = _jpeg_frame_size(data)
+    if frame is not None:
+        return *frame, "JPEG", 1
+    try:
+        with Image.open(io.BytesIO(data)) as header:
+            return header.width, header.height, header.format, header.getexif().get(_EXIF_ORIENTATION, 1)
+    except (UnidentifiedImageError, OSError) as error:
+        raise UnreadableImage(f"not a readable image ({error.__class__.__name__})") from None
+
+
 def decode(data: bytes, target: int) -> np.ndarray:
     """Decode file bytes to an RGB uint8 array at least `target` px on its short side when possible."""
     if not data:
         raise UnreadableImage("empty file (0 bytes)")
-    try:
-        with Image.open(io.BytesIO(data)) as header:
-            width, height, kind = header.width, header.height, header.format
-            orientation = header.getexif().get(_EXIF_ORIENTATION, 1)
-    except (UnidentifiedImageError, OSError) as error:
-        raise UnreadableImage(f"not a readable image ({error.__class__.__name__})") from None
+    width, height, kind, orientation = _header(data)
     buffer = np.frombuffer(data, dtype=np.uint8)
     if kind == "JPEG":
         if _is_truncated_jpeg(data):
@@ -148,6 +176,11 @@ def prepare(rgb: np.ndarray, size: int, preprocessing: str) -> np.ndarray:
 
 def load_image(path: str, size: int, preprocessing: str) -> np.ndarray:
     """Read, decode and prepare one file to ``size x size`` RGB uint8; raises `UnreadableImage` with the reason."""
-    with open(path, "rb") as handle:
-        data = handle.read()
+    descriptor = os.open(path, os.O_RDONLY)
+    try:  # one read of the known size: about 50 us less per file than a file object's read()
+        data = os.read(descriptor, os.fstat(descriptor).st_size)
+        while chunk := os.read(descriptor, 1 << 20):  # a network file system may return less, or more
+            data += chunk
+    finally:
+        os.close(descriptor)
     return prepare(decode(data, size), size, preprocessing)
