@@ -25,8 +25,8 @@ Peak RSS is ``ru_maxrss`` read inside a process forked from a fork server. A chi
 fork+exec would not do: on Linux it inherits its parent's high-water mark, so it would report the
 memory of this benchmark process instead of its own.
 
-The test images come from `bench_cache.ensure_images`: synthetic fundus pictures at EyePACS sizes
-with sensor-like noise, so that the JPEGs weigh about 1 MB like real ones.
+The test images are `bench_cache`'s camera-like corpus: synthetic fundus pictures at EyePACS sizes
+with camera-like noise, so that the JPEGs weigh about 1 MB like real ones.
 
 Usage: ``.venv/bin/python benchmarks/bench_train.py [--images 64] [--size 192] [--threads 2]
 [--batch-size 16] [--steps 24] [--repeats 2] [--workdir DIR]``
@@ -61,7 +61,7 @@ from torchvision.transforms import InterpolationMode, v2
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "workflow" / "scripts"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_cache import cpu_parallelism, describe_images, ensure_images, warm_page_cache
+from bench_cache import CameraCorpus, cpu_parallelism, describe_images, ensure_images, warm_page_cache
 
 from fundus_tl.cache import CachedImages, build_shard, index_path
 from fundus_tl.models import LITE0, build_model, imagenet_state_dict, model_defaults
@@ -345,8 +345,8 @@ def main() -> None:
     started = time.perf_counter()
     torch.set_num_threads(args.threads)
 
-    files = ensure_images(args.workdir / "images", args.images)
-    image_summary = describe_images(files)
+    files = ensure_images(CameraCorpus, args.workdir / "camera-images", args.images)
+    image_summary = describe_images(CameraCorpus, files)
     print(image_summary)
     print(f"page cache warmed with {warm_page_cache(files) / 1e6:.0f} MB")
     paths = [str(path) for path in files]
