@@ -114,7 +114,7 @@ def ours_batches(
     threads: int,
     generator: torch.Generator,
 ) -> Iterator[Batch]:
-    """Our pipeline as `train_fold` runs it: shuffled row reads in a DataLoader worker, whole-batch augmentation."""
+    """Our pipeline as `train_fold` runs it on the CPU: shuffled row reads, whole-batch augmentation."""
     epochs = math.ceil(count * batch_size / len(keys))
     order = torch.cat([torch.randperm(len(keys), generator=generator) for _ in range(epochs)]).tolist()
     positions = [order[start : start + batch_size] for start in range(0, count * batch_size, batch_size)]
@@ -277,13 +277,12 @@ class Memory:
     peak: float  # peak RSS after the training steps
     anonymous: float  # RSS at the end: heap, tensors, libraries' data
     file_backed: float  # RSS at the end: mapped files, shard pages included
-    worker: float  # peak RSS of the DataLoader worker (a fork: it starts with the parent's pages)
 
     def describe(self) -> str:
         """Peak RSS and its parts in one line."""
         return (
             f"peak RSS {self.peak:.0f} MiB ({self.set_up:.0f} after set-up; at the end anonymous "
-            f"{self.anonymous:.0f}, file-backed {self.file_backed:.0f}); loader worker {self.worker:.0f} MiB"
+            f"{self.anonymous:.0f}, file-backed {self.file_backed:.0f})"
         )
 
 
@@ -301,8 +300,7 @@ def training_memory(shard: str, steps: int, batch_size: int, threads: int) -> Me
     with open("/proc/self/status") as status:
         fields = dict(line.split(":", 1) for line in status)
     anonymous, file_backed = (int(fields[name].split()[0]) / 1024 for name in ("RssAnon", "RssFile"))
-    worker = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-    return Memory(Path(shard).stat().st_size / 2**20, set_up, peak_rss_mib(), anonymous, file_backed, worker)
+    return Memory(Path(shard).stat().st_size / 2**20, set_up, peak_rss_mib(), anonymous, file_backed)
 
 
 def in_forked_process(function: Callable[..., T], *args: object) -> T:
@@ -397,7 +395,7 @@ def main() -> None:
     loader_ratio = loader[OURS].per_second / loader[PLAIN].per_second
     training_ratio = training[OURS].per_second / training[PLAIN].per_second
     small, large = RSS_CACHE_IMAGES
-    rss_ratio = max(memory[large].peak, memory[large].worker) / max(memory[small].peak, memory[small].worker)
+    rss_ratio = memory[large].peak / memory[small].peak
     print(f"ours / plain: loader only {loader_ratio:.2f}x, training {training_ratio:.2f}x")
     print(f"peak RSS, {large} / {small} images: {rss_ratio:.2f}x")
     if training_ratio < GOAL_SPEEDUP:

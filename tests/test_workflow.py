@@ -234,25 +234,34 @@ def test_config_errors_name_the_key(project, tmp_path, change, message):
     assert message in result.stdout + result.stderr
 
 
-def test_single_split_regression_and_classification_make_a_leaderboard(tmp_path):
-    """The seed's _ffd script (folds: 1) and _reg script (regression) as two experiments of one run."""
-    workdir = tmp_path / "single split"
+def small_project(workdir: Path, folds: int, experiments: dict) -> Path:
+    """A workflow checkout with a small class-folder data set beside it and a config of `experiments`."""
     workdir.mkdir()
     copy_workflow(workdir)
-    data = tmp_path / "data"
+    data = workdir.parent / "data"
     write_class_folders(data, "train", [6, 4, 4, 4, 4])
     write_class_folders(data, "validation", [2, 2, 2, 2, 2], first_patient=1000)
-    common = {"model": "timm:efficientnet_lite0", "image_size": 40, "batch_size": 8, "epochs": 1, "lr": 0.001}
     write_config(
         workdir,
         {
             "data": {"root": str(data)},
-            "folds": 1,
+            "folds": folds,
             "cache": {"shards": 1, "threads": 1},
             "runtime": {"train_threads": 1},
-            "run_experiments": ["classify", "regress"],
-            "experiments": {"classify": common, "regress": {**common, "task": "regression"}},
+            "run_experiments": list(experiments),
+            "experiments": experiments,
         },
+    )
+    return workdir
+
+
+def test_single_split_regression_and_classification_make_a_leaderboard(tmp_path):
+    """The seed's _ffd script (folds: 1) and _reg script (regression) as two experiments of one run."""
+    common = {"model": "timm:efficientnet_lite0", "image_size": 40, "batch_size": 8, "epochs": 1, "lr": 0.001}
+    workdir = small_project(
+        tmp_path / "single split",
+        folds=1,
+        experiments={"classify": common, "regress": {**common, "task": "regression"}},
     )
     result = snakemake(workdir)
     assert "Results (results/<experiment>/summary.json" in result.stdout + result.stderr
@@ -331,24 +340,8 @@ def fold_log_spans(workdir: Path, experiment: str) -> dict[int, tuple[str, str, 
 
 def test_gpu_resources_bound_concurrent_folds_and_each_claims_its_own_gpu(tmp_path):
     """`--resources gpu=2` on a (simulated) two-GPU node: two folds at once, on GPU ids 0 and 1."""
-    workdir = tmp_path / "two gpus"
-    workdir.mkdir()
-    copy_workflow(workdir)
-    data = tmp_path / "data"
-    write_class_folders(data, "train", [6, 4, 4, 4, 4])
-    write_class_folders(data, "validation", [2, 2, 2, 2, 2], first_patient=1000)
     experiment = {"model": "timm:efficientnet_lite0", "image_size": 40, "batch_size": 8, "epochs": 2, "lr": 0.001}
-    write_config(
-        workdir,
-        {
-            "data": {"root": str(data)},
-            "folds": 2,
-            "cache": {"shards": 1, "threads": 1},
-            "runtime": {"train_threads": 1},
-            "run_experiments": ["pair"],
-            "experiments": {"pair": experiment},
-        },
-    )
+    workdir = small_project(tmp_path / "two gpus", folds=2, experiments={"pair": experiment})
     env = {"FUNDUS_TL_SIMULATE_GPUS": "2", "FUNDUS_TL_GPU_LOCKS": str(tmp_path / "locks")}
 
     snakemake(workdir, "--resources", "gpu=2", env=env)
