@@ -5,7 +5,15 @@ import numpy as np
 import pandas as pd
 
 from fundus_tl.cache import CachedImages, build_shard, read_index, skipped_files
-from fundus_tl.imaging import _jpeg_frame_size, crop_to_fundus, decode, prepare, reduction_factor
+from fundus_tl.imaging import (
+    UnreadableImage,
+    _jpeg_frame_size,
+    crop_to_fundus,
+    decode,
+    prepare,
+    quick_check,
+    reduction_factor,
+)
 
 from .conftest import fundus_like
 
@@ -30,6 +38,41 @@ def test_decode_converts_gray_alpha_and_16_bit_to_rgb8(tmp_path: Path):
     assert rgb_gray.shape == (40, 50, 3) and rgb_gray.dtype == np.uint8 and rgb_gray[0, 0].tolist() == [200] * 3
     assert rgb_alpha[0, 0].tolist() == [255, 0, 0]  # red stays red: RGB order
     assert rgb_deep[0, 0].tolist() == [127, 127, 127] or rgb_deep[0, 0].tolist() == [128, 128, 128]
+
+
+def test_float_tiff_that_only_opencv_reads_is_decoded(tmp_path: Path):
+    rgb = np.random.default_rng(2).integers(0, 256, (30, 40, 3), np.uint8)
+    rgb[0, 0], rgb[0, 1] = 0, 255  # the full range, which the float scaling maps back to 0..255
+    cv2.imwrite(str(tmp_path / "f32.tiff"), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR).astype(np.float32) / 255)
+    decoded = decode((tmp_path / "f32.tiff").read_bytes(), 32)
+    assert decoded.dtype == np.uint8 and np.abs(decoded.astype(int) - rgb).max() <= 1
+
+
+def test_quick_check_gives_the_reason_decode_gives(tmp_path: Path):
+    image = fundus_like(2, 3)
+    for extension in ("jpeg", "png", "tiff", "bmp", "webp", "gif", "jp2", "ppm"):
+        cv2.imwrite(str(tmp_path / f"good.{extension}"), image)
+    jpeg, png = (tmp_path / "good.jpeg").read_bytes(), (tmp_path / "good.png").read_bytes()
+    (tmp_path / "empty.jpg").touch()
+    (tmp_path / "notes.jpg").write_text("not an image")
+    (tmp_path / "cut in the scan.jpg").write_bytes(jpeg[: len(jpeg) // 2])
+    (tmp_path / "cut in the header.jpg").write_bytes(jpeg[:200])
+    (tmp_path / "half.png").write_bytes(png[: len(png) // 2])
+    reasons = {}
+    for path in sorted(tmp_path.iterdir()):
+        try:
+            decode(path.read_bytes(), 32)
+            reasons[path.name] = None
+        except UnreadableImage as error:
+            reasons[path.name] = str(error)
+        assert quick_check(path) == reasons[path.name], path.name
+    assert all(reasons[name] is None for name in reasons if name.startswith("good."))
+    assert reasons["empty.jpg"] == "empty file (0 bytes)"
+    assert reasons["notes.jpg"].startswith("not a readable image")
+    assert reasons["cut in the scan.jpg"].startswith("truncated JPEG")
+    assert reasons["cut in the header.jpg"].startswith("JPEG data could not be decoded")
+    assert reasons["half.png"].startswith("truncated or corrupt PNG")
+    assert quick_check(tmp_path / "missing.jpg").startswith("cannot read file")
 
 
 def test_jpeg_frame_size_agrees_with_pillow(tmp_path: Path):

@@ -1,3 +1,4 @@
+import os
 from pathlib import Path
 
 import pandas as pd
@@ -105,3 +106,72 @@ def test_inventories_change_only_for_the_shard_of_a_changed_image(folder_dataset
     key = f"train/class1/{image.name}"
     assert changed == [str(folder / "train" / f"shard-{shard_of(key, 4):03d}.tsv")]
     assert key in set(read_inventory(changed[0])["key"])
+
+
+def test_messy_labels_csv_keeps_file_line_numbers_and_explains_every_row(tmp_path: Path):
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for stem in ("1_left", "2_left", "3_left", "4_left", "5_left", "6_left"):
+        (flat / f"{stem}.jpeg").write_bytes(b"\xff\xd8 placeholder")
+    labels = tmp_path / "labels.csv"
+    lines = ["image,level", "1_left,0", "", "2_left,2.0", "3_left,two", "4_left,1", "4_left,3", "5_left,1", "5_left,1"]
+    labels.write_bytes(b"\xef\xbb\xbf" + "\r\n".join(lines).encode() + b"\r\n")  # BOM and CRLF, as Excel writes
+
+    scan = scan_labels_csv(flat, labels, 5)
+    assert dict(zip(scan.images["image"], scan.images["label"], strict=True)) == {"1_left": 0, "2_left": 2, "5_left": 1}
+    by_place = dict(zip(scan.skipped["path"].map(lambda p: Path(p).name), scan.skipped["reason"], strict=True))
+    assert "'two' of image '3_left' is not a whole number" in by_place["labels.csv line 5"]
+    assert "conflicting labels for image '4_left'" in by_place["labels.csv line 6"]
+    assert "conflicting labels" in by_place["labels.csv line 7"]
+    assert by_place["labels.csv line 9"] == "duplicate row for image '5_left' (same label as line 8)"
+    assert by_place["3_left.jpeg"].startswith("not used: its label in labels.csv line 5")
+    assert by_place["4_left.jpeg"].startswith("not used: its label rows in labels.csv disagree")
+    assert by_place["6_left.jpeg"] == "no label row in labels.csv"
+    assert len(scan.skipped) == len(by_place)  # every file and row once
+
+
+def test_a_labels_csv_that_is_not_utf8_names_the_file_and_the_fix(tmp_path: Path):
+    labels = tmp_path / "labels.csv"
+    labels.write_bytes("image,level\nPatiënt_left,0\n".encode("latin-1"))
+    with pytest.raises(ValueError, match=r"labels\.csv: not UTF-8 text .*Save it as UTF-8"):
+        scan_labels_csv(tmp_path, labels, 5)
+
+
+def test_names_that_cannot_enter_the_tables_are_skipped_and_reported(folder_dataset: Path, tmp_path: Path):
+    class1 = folder_dataset / "train" / "class1"
+    jpeg = next(class1.glob("*.jpeg")).read_bytes()
+    for name in (b"Pati\xebnt_left.jpeg", b"tab\tname.jpeg", b"new\nline.jpeg"):  # Latin-1 bytes from an old zip
+        Path(os.fsdecode(os.fsencode(class1) + b"/" + name)).write_bytes(jpeg)
+    scan = scan_dataset({"root": str(folder_dataset), "class_folders": CLASSES})
+    assert scan.images["split"].value_counts().to_dict() == {"train": 32, "holdout": 10}
+    reasons = dict(zip(scan.skipped["path"].map(lambda p: Path(p).name), scan.skipped["reason"], strict=True))
+    assert "not valid UTF-8" in reasons["Pati\\xebnt_left.jpeg"]
+    assert "tab or line break" in reasons["tab\tname.jpeg"]
+    assert "tab or line break" in reasons["new\nline.jpeg"]
+    report = tmp_path / "skipped.tsv"
+    scan.skipped.to_csv(report, sep="\t", index=False)  # what the skip report does: must not fail
+    assert len(pd.read_csv(report, sep="\t")) == 3
+    write_inventories(scan.images, tmp_path / "inventory", 2)
+
+
+def test_a_class_folder_linked_from_elsewhere_is_scanned_and_a_link_cycle_ends(folder_dataset: Path, tmp_path: Path):
+    train = folder_dataset / "train"
+    elsewhere = tmp_path / "elsewhere" / "class4"
+    elsewhere.parent.mkdir()
+    (train / "class4").rename(elsewhere)
+    (train / "class4").symlink_to(elsewhere, target_is_directory=True)
+    (elsewhere / "loop").symlink_to(elsewhere, target_is_directory=True)
+    scan = scan_dataset({"root": str(folder_dataset), "class_folders": CLASSES})
+    train_images = scan.images[scan.images["split"] == "train"]
+    assert (train_images["label"] == 4).sum() == len(list(elsewhere.glob("*.jpeg"))) > 0
+    assert not scan.skipped["reason"].str.contains("not in data.class_folders").any()
+
+
+def test_unmatched_names_in_two_class_folders_are_two_patients(tmp_path: Path):
+    jpeg = b"\xff\xd8 placeholder"
+    for grade in (0, 2):
+        (tmp_path / "train" / CLASSES[grade]).mkdir(parents=True)
+        (tmp_path / "train" / CLASSES[grade] / "1.jpg").write_bytes(jpeg)
+        (tmp_path / "train" / CLASSES[grade] / "7_left.jpg").write_bytes(jpeg)
+    images = scan_dataset({"root": str(tmp_path), "class_folders": CLASSES}).images
+    assert sorted(images["patient"]) == ["7", "7", "class0/1", "class2/1"]

@@ -5,7 +5,13 @@ import pandas as pd
 import pytest
 from matplotlib.image import imread
 
-from fundus_tl.plots import plot_class_balance, plot_confusion_matrices, plot_learning_curves, plot_roc_curves
+from fundus_tl.plots import (
+    plot_class_balance,
+    plot_confusion_matrices,
+    plot_learning_curves,
+    plot_placeholder,
+    plot_roc_curves,
+)
 
 CLASSES = ["No DR", "Mild", "Moderate", "Severe", "Proliferative DR"]
 
@@ -122,3 +128,10 @@ def test_roc_curves_skip_a_grade_missing_from_the_actual_grades(tmp_path):
         assert_picture(tmp_path / name)
     with pytest.raises(ValueError, match="do not match"):
         plot_roc_curves(actual, probabilities[:, :2], ["none", "mild", "severe"], "bad", tmp_path / "bad.png")
+
+
+def test_placeholder_is_a_readme_sized_picture_with_a_two_line_reason(tmp_path):
+    plot_placeholder(
+        "regress: ROC curves", "ROC curves apply to classification:\nthis is a regression", tmp_path / "roc.png"
+    )
+    assert_picture(tmp_path / "roc.png")

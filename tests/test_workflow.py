@@ -211,6 +211,14 @@ def test_adding_touching_or_removing_one_image_recaches_only_its_shard(project):
         ),
         ({"experiments": {"tiny": {"model": "resnet5"}}}, "experiments.tiny.model: unknown model 'resnet5'"),
         ({"experiments": {"tiny": {"lr": "fast"}}}, "'fast' is not of type 'number'"),
+        ({"experiments": {"tiny": {"learning_rate": 0.1}}}, "tiny.learning_rate: unknown key; did you mean 'lr'?"),
+        (
+            {"experiments": {"tiny": {"model": "timm:efficientnet_lite9"}}},
+            "experiments.tiny.model: timm has no model 'efficientnet_lite9'",
+        ),
+        ({"experiments": {"tiny": {"class_weights": "balancd"}}}, "'balancd' is not valid under any of the given"),
+        ({"experiments": {"tiny": {"class_weights": [1, 2]}}}, "tiny.class_weights: 2 weights for 5 classes"),
+        ({"experiments": {"tiny": {"image_size": 0}}}, "['tiny']['image_size']"),
     ],
 )
 def test_config_errors_name_the_key(project, tmp_path, change, message):
@@ -232,6 +240,17 @@ def test_config_errors_name_the_key(project, tmp_path, change, message):
         write_config(workdir, config)
     assert result.returncode != 0
     assert message in result.stdout + result.stderr
+
+
+def test_a_configfile_runs_only_its_own_experiments(project):
+    """Without run_experiments, --configfile's experiments replace config/config.yaml's examples."""
+    workdir, config = project
+    with_selection = planned_jobs(workdir)
+    write_config(workdir, {key: value for key, value in config.items() if key != "run_experiments"})
+    try:  # the InceptionV3 example would add its weights, training and evaluation
+        assert planned_jobs(workdir) == with_selection
+    finally:
+        write_config(workdir, config)
 
 
 def small_project(workdir: Path, folds: int, experiments: dict) -> Path:

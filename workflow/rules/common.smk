@@ -2,17 +2,20 @@ import sys
 from pathlib import Path
 
 import pandas as pd
+import yaml
 from snakemake.utils import validate
 
 sys.path.insert(0, str(Path(workflow.current_basedir).parent / "scripts"))
 
-from fundus_tl.config import check_data, resolve_experiment  # noqa: E402
+from fundus_tl.config import check_data, check_keys, check_scan, resolve_experiment  # noqa: E402
 from fundus_tl.dataset import Scan, scan_dataset, shard_of, write_inventories  # noqa: E402
 from fundus_tl.models import slug  # noqa: E402
 from fundus_tl.synthetic import demo_scan  # noqa: E402
 
 
-validate(config, schema="../schemas/config.schema.yaml")
+SCHEMA = Path(workflow.current_basedir).parent / "schemas" / "config.schema.yaml"
+check_keys(config, yaml.safe_load(SCHEMA.read_text()))
+validate(config, schema=str(SCHEMA))
 
 DATA = config["data"]
 DEMO = config.get("demo")
@@ -23,13 +26,25 @@ if not LINTING:
 SHARDS = config["cache"]["shards"]
 SPLITS = ("train", "holdout", "test")
 
-_selected = config.get("run_experiments") or list(config["experiments"])
+
+
+def _experiments_of_configfiles() -> list[str]:
+    """Experiments named in --configfile files: they replace the examples of config/config.yaml."""
+    names = []
+    for path in workflow.overwrite_configfiles:
+        names += [name for name in (yaml.safe_load(Path(path).read_text()) or {}).get("experiments") or {}]
+    return list(dict.fromkeys(names))
+
+
+_selected = config.get("run_experiments") or _experiments_of_configfiles() or list(config["experiments"])
 for _name in _selected:
     if _name not in config["experiments"]:
         raise ValueError(
             f"run_experiments: '{_name}' is not an entry of experiments: ({', '.join(config['experiments'])})"
         )
-EXPERIMENTS = {name: resolve_experiment(name, config["experiments"][name]) for name in _selected}
+EXPERIMENTS = {
+    name: resolve_experiment(name, config["experiments"][name], len(DATA["class_folders"])) for name in _selected
+}
 MODELS = {slug(entry["model"]): entry["model"] for entry in EXPERIMENTS.values()}
 
 
@@ -51,6 +66,8 @@ def _scan() -> Scan:
 
 
 SCAN = _scan()
+if DEMO is None and not LINTING:
+    check_scan(SCAN.images, SCAN.skipped, DATA)
 INVENTORY_DIR = "results/data/inventory"
 # Only the main Snakemake process writes the inventories; a cluster job re-reads the Snakefile
 # and must see the files its submitter planned with.
@@ -149,4 +166,4 @@ def print_headline(leaderboard: str) -> None:
     table = pd.read_csv(leaderboard, sep="\t")
     columns = ["experiment", "model", "oof_qwk", "oof_accuracy", "holdout_qwk", "holdout_accuracy", "training_minutes"]
     print("\nResults (results/<experiment>/summary.json, results/leaderboard.tsv):")
-    print(table.reindex(columns=columns).to_string(index=False, float_format=lambda value: f"{value:.3f}"))
+    print(table.reindex(columns=columns).to_string(index=False, na_rep="-", float_format=lambda value: f"{value:.3f}"))

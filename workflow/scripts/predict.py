@@ -13,6 +13,7 @@ predict_images(
     images=CachedImages(snakemake.input.shards),
     summary_file=snakemake.input.summary,
     out_csv=snakemake.output[0],
+    test_dir=snakemake.config["data"]["test_dir"],
     batch_size=snakemake.params.batch_size,
     device=snakemake.config["runtime"]["device"],
 )

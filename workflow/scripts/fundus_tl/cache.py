@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import re
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -24,6 +25,7 @@ from .io import atomic_path
 log = logging.getLogger(__name__)
 
 INDEX_COLUMNS = ["key", "path", "row", "status", "reason"]
+SUMMARY_KINDS = 8  # kinds of skip reason counted in the log line; skipped.tsv has them all
 
 
 def index_path(shard_npy: str | os.PathLike) -> Path:
@@ -183,13 +185,17 @@ def skipped_files(
     report = pd.DataFrame(rows, columns=["path", "reason", "stage"]).drop_duplicates(["path", "reason"])
     with atomic_path(out_tsv) as tmp:
         report.to_csv(tmp, sep="\t", index=False)
-    by_reason = report["reason"].value_counts()
-    log.info(
-        "skipped %d files%s",
-        len(report),
-        (": " + "; ".join(f"{count} x {reason}" for reason, count in by_reason.items())) if len(report) else "",
-    )
+    by_kind = report["reason"].map(reason_kind).value_counts()
+    shown = "; ".join(f"{count} x {kind}" for kind, count in by_kind.head(SUMMARY_KINDS).items())
+    if len(by_kind) > SUMMARY_KINDS:
+        shown += f"; {len(by_kind) - SUMMARY_KINDS} more kinds"
+    log.info("skipped %d files%s (every file and reason: %s)", len(report), f": {shown}" if shown else "", out_tsv)
     return report
+
+
+def reason_kind(reason: str) -> str:
+    """A skip reason without the names and numbers in it, so that the log can count alike reasons."""
+    return re.sub(r"\d+", "N", re.sub(r"'[^']*'", "'...'", reason))
 
 
 def file_sha1(path: str | os.PathLike) -> str:

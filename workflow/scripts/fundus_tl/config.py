@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import difflib
 import re
 from pathlib import Path
+
+import pandas as pd
 
 from .dataset import DEFAULT_PATIENT_PATTERN
 from .imaging import PREPROCESSING
@@ -41,7 +44,7 @@ def check_data(data: dict, generated: bool = False) -> None:
         if not root:
             raise ConfigError(
                 "data.root is not set: point it at the folder that holds train/<class folder>/ "
-                "(the seed's --path), e.g. --config data.root=/data/dr"
+                "(the seed's --path): edit config/config.yaml, or add --config \"data={'root': '/data/dr'}\""
             )
         train = Path(root) / data.get("train_dir", "train")
         if not train.is_dir():
@@ -59,7 +62,60 @@ def check_data(data: dict, generated: bool = False) -> None:
         raise ConfigError(f"data.test_dir: folder not found: '{data['test_dir']}'")
 
 
-def resolve_experiment(name: str, entry: dict) -> dict:
+def check_keys(config: dict, schema: dict, where: str = "") -> None:
+    """Stop at the first key the schema does not know, suggesting the closest known one.
+
+    The schema validation would also reject it, but inside a dump of the whole schema; this
+    message names the key, its place and what was probably meant (``learning_rate`` -> ``lr``).
+    """
+    known = schema.get("properties", {})
+    entries = schema.get("additionalProperties")
+    for key, value in config.items():
+        place = f"{where}{key}"
+        if key in known:
+            child = known[key]
+        elif isinstance(entries, dict):
+            child = entries  # a free-named entry, such as one experiment
+        elif entries is False:
+            close = _likely_key(str(key), list(known))
+            raise ConfigError(
+                f"{place}: unknown key"
+                + (f"; did you mean '{close}'?" if close else "")
+                + f" Known keys{f' of {where[:-1]}' if where else ''}: {', '.join(known)}"
+            )
+        else:
+            continue
+        if isinstance(value, dict) and child.get("type") == "object":
+            check_keys(value, child, f"{place}.")
+
+
+def _likely_key(key: str, known: list[str]) -> str | None:
+    """The known key meant by `key`: its initials (``learning_rate`` -> ``lr``) or the closest spelling."""
+    initials = "".join(word[0] for word in key.lower().split("_") if word)
+    if len(initials) > 1 and initials in known:
+        return initials
+    close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+    return close[0] if close else None
+
+
+def check_scan(images: pd.DataFrame, skipped: pd.DataFrame, data: dict) -> None:
+    """Stop before planning anything when the data folders hold no usable training image."""
+    if (images["split"] == "train").any():
+        return
+    if data.get("layout", "folders") == "csv":
+        place = f"data.images_dir '{data['images_dir']}' (labels from '{data['labels_csv']}')"
+    else:
+        place = f"data.root '{data['root']}', folders {data.get('train_dir', 'train')}/<class folder>"
+    found = (
+        f"; the {len(skipped)} files found were all left out, e.g. "
+        + "; ".join(f"{path}: {reason}" for path, reason in skipped[["path", "reason"]].head(3).itertuples(index=False))
+        if len(skipped)
+        else "; no files at all"
+    )
+    raise ConfigError(f"no usable training images in {place}{found}. Check the path and data.class_folders.")
+
+
+def resolve_experiment(name: str, entry: dict, n_classes: int | None = None) -> dict:
     """An experiment entry with model-dependent defaults filled in (input size, normalisation)."""
     if not re.fullmatch(EXPERIMENT_NAME, name):
         raise ConfigError(f"experiments.{name}: names may use letters, digits, '_', '.', '-' only")
@@ -83,6 +139,12 @@ def resolve_experiment(name: str, entry: dict) -> dict:
         raise ConfigError(
             f"experiments.{name}.image_size: inception_v3's auxiliary head needs at least 299 px; "
             f"set aux_loss_weight: 0 to train smaller images without it"
+        )
+    class_weights = resolved.get("class_weights")
+    if isinstance(class_weights, list) and n_classes is not None and len(class_weights) != n_classes:
+        raise ConfigError(
+            f"experiments.{name}.class_weights: {len(class_weights)} weights for {n_classes} classes "
+            f"(data.class_folders); give one weight per class, or 'balanced'"
         )
     weights = resolved.get("weights", "imagenet")
     if weights not in ("imagenet", "none", None) and not Path(weights).is_file():

@@ -83,33 +83,53 @@ def _non_image_reason(name: str) -> str | None:
     return None
 
 
-def _walk_files(folder: str | os.PathLike, prefix: str = "") -> list[FoundFile]:
+def _walk_files(folder: str | os.PathLike, prefix: str = "", visited: set | None = None) -> list[FoundFile]:
     """Every entry below `folder` other than folders, sorted by relative path, with size and mtime.
 
     `os.scandir` gives names and types from one system call per folder; one `stat` per file follows
-    links, so a link to an image counts as that image. Links to folders are not followed (a cycle
-    would never end) and are returned as not regular, like broken links.
+    links, so a link to an image counts as that image and a link to a folder (a class folder kept
+    elsewhere) as that folder. A folder reached a second time (a link cycle) is not walked again.
     """
+    visited = set() if visited is None else visited
+    identity = os.stat(folder)
+    visited.add((identity.st_dev, identity.st_ino))
     found = []
     with os.scandir(folder) as entries:
         for entry in sorted(entries, key=lambda entry: entry.name):
             relative = f"{prefix}{entry.name}"
-            if entry.is_dir(follow_symlinks=False):
-                found.extend(_walk_files(entry.path, f"{relative}/"))
-                continue
             try:
-                regular = entry.is_file()
-                stat = entry.stat() if regular else None
-            except OSError:
-                regular, stat = False, None
-            if stat is None:
+                is_folder = entry.is_dir()
+                stat = entry.stat()
+            except OSError:  # a broken link
                 found.append(FoundFile(entry.path, relative, UNKNOWN_STAT, UNKNOWN_STAT, False))
-            else:
-                found.append(FoundFile(entry.path, relative, stat.st_size, stat.st_mtime_ns, regular))
+                continue
+            if is_folder:
+                if (stat.st_dev, stat.st_ino) not in visited:
+                    found.extend(_walk_files(entry.path, f"{relative}/", visited))
+                continue
+            found.append(FoundFile(entry.path, relative, stat.st_size, stat.st_mtime_ns, entry.is_file()))
     return found
 
 
+def printable(path: str) -> str:
+    """`path` as text that can be written to a UTF-8 report: undecodable bytes become \\xNN escapes."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def _name_problem(relative: str) -> str | None:
+    """Why a file name cannot travel through the workflow's UTF-8, tab-separated tables, if it cannot."""
+    try:
+        relative.encode("utf-8")
+    except UnicodeEncodeError:
+        return "file or folder name is not valid UTF-8 (an archive made with another encoding?); rename it"
+    if any(character in relative for character in "\t\n\r"):
+        return "file or folder name contains a tab or line break; rename it"
+    return None
+
+
 def _image_row(split: str, file: FoundFile, label: int, patient: re.Pattern) -> tuple:
+    """One IMAGE_COLUMNS row. A name the patient pattern does not match is its own group, keyed by
+    its relative path: ``class0/1.jpg`` and ``class2/1.jpg`` are different people."""
     image = os.path.splitext(file.relative.rsplit("/", 1)[-1])[0]
     match = patient.match(image)
     return (
@@ -118,7 +138,7 @@ def _image_row(split: str, file: FoundFile, label: int, patient: re.Pattern) -> 
         file.path,
         image,
         label,
-        (match["patient"] or image) if match else image,
+        (match["patient"] or image) if match else os.path.splitext(file.relative)[0],
         file.size,
         file.mtime_ns,
     )
@@ -141,7 +161,9 @@ def scan_class_folders(
     rows, skipped = [], []
     for file in _walk_files(split_root):
         parts = file.relative.split("/")
-        if len(parts) == 1:
+        if reason := _name_problem(file.relative):
+            skipped.append((printable(file.path), reason))
+        elif len(parts) == 1:
             skipped.append((file.path, "file outside the class folders"))
         elif parts[0] not in labels:
             skipped.append((file.path, f"folder '{parts[0]}' is not in data.class_folders"))
@@ -164,7 +186,9 @@ def scan_unlabeled(
     patient = patient_regex(patient_pattern)
     rows, skipped = [], []
     for file in _walk_files(folder):
-        if not file.regular:
+        if reason := _name_problem(file.relative):
+            skipped.append((printable(file.path), reason))
+        elif not file.regular:
             skipped.append((file.path, NOT_REGULAR))
         elif reason := _non_image_reason(file.relative.rsplit("/", 1)[-1]):
             skipped.append((file.path, reason))
@@ -187,7 +211,7 @@ def scan_labels_csv(
     Rows and files that do not pair up are listed as skipped rather than dropped silently.
     """
     images_dir, labels_csv = Path(images_dir), Path(labels_csv)
-    table = pd.read_csv(labels_csv, dtype=str, keep_default_na=False)
+    table = read_labels_table(labels_csv)
     missing = {image_column, label_column} - set(table.columns)
     if missing:
         raise ValueError(
@@ -200,33 +224,48 @@ def scan_labels_csv(
         by_stem.setdefault(stem, []).append(index)
 
     skipped = [tuple(row) for row in unlabeled.skipped.itertuples(index=False)]
-    labels = {}
-    seen = set()
-    for line, (name, level) in enumerate(zip(table[image_column], table[label_column], strict=True), start=2):
-        where = f"{labels_csv} line {line}"
+    rows_of: dict[str, list[tuple[int, str]]] = {}
+    for row, (name, level) in enumerate(zip(table[image_column], table[label_column], strict=True)):
+        if not name.strip() and not level.strip():
+            continue  # a blank line
         stem = Path(name.strip()).stem if Path(name.strip()).suffix.lower() in IMAGE_EXTENSIONS else name.strip()
-        if stem in seen:
-            skipped.append((where, f"duplicate row for image '{stem}'"))
+        rows_of.setdefault(stem, []).append((row + 2, level.strip()))  # line 1 is the header
+
+    labels: dict[str, int] = {}
+    row_problem: dict[str, str] = {}  # images whose label rows cannot be used, and why
+    for stem, rows in rows_of.items():
+        (line, level), duplicates = rows[0], rows[1:]
+        where = f"{labels_csv} line {line}"
+        levels = {other for _, other in rows}
+        if len(levels) > 1:
+            lines = ", ".join(f"line {other_line}: {other!r}" for other_line, other in rows)
+            for other_line, _ in rows:
+                skipped.append((f"{labels_csv} line {other_line}", f"conflicting labels for image '{stem}' ({lines})"))
+            row_problem[stem] = f"its label rows in {labels_csv.name} disagree ({lines})"
             continue
-        seen.add(stem)
-        try:
-            grade = int(level)
-        except ValueError:
-            skipped.append((where, f"label '{level}' of image '{stem}' is not an integer"))
-            continue
-        if not 0 <= grade < n_classes:
+        skipped.extend(
+            (f"{labels_csv} line {other_line}", f"duplicate row for image '{stem}' (same label as line {line})")
+            for other_line, _ in duplicates
+        )
+        grade = _whole_number(level)
+        if grade is None:
+            skipped.append((where, f"label '{level}' of image '{stem}' is not a whole number"))
+            row_problem[stem] = f"its label in {labels_csv.name} line {line} is not a whole number"
+        elif not 0 <= grade < n_classes:
             skipped.append((where, f"label {grade} of image '{stem}' is outside 0..{n_classes - 1}"))
-            continue
-        if stem not in by_stem:
+            row_problem[stem] = f"its label in {labels_csv.name} line {line} is outside 0..{n_classes - 1}"
+        elif stem not in by_stem:
             skipped.append((where, f"no image file for '{stem}' in {images_dir}"))
-            continue
-        labels[stem] = grade
+        else:
+            labels[stem] = grade
 
     found = unlabeled.images
     usable = []
     for stem, indices in by_stem.items():
         for index in indices:
-            if stem not in labels:
+            if stem in row_problem:
+                skipped.append((found.at[index, "path"], f"not used: {row_problem[stem]}"))
+            elif stem not in labels:
                 skipped.append((found.at[index, "path"], f"no label row in {labels_csv.name}"))
             elif len(indices) > 1:
                 skipped.append((found.at[index, "path"], f"several files for image '{stem}'"))
@@ -235,6 +274,26 @@ def scan_labels_csv(
     images = found.loc[sorted(usable)].reset_index(drop=True)
     images["label"] = images["image"].map(labels).astype(int)
     return Scan(images, pd.DataFrame(skipped, columns=SKIP_COLUMNS))
+
+
+def read_labels_table(labels_csv: Path) -> pd.DataFrame:
+    """The labels CSV as text cells, blank lines kept so that row k is line k + 2 of the file."""
+    try:
+        return pd.read_csv(labels_csv, dtype=str, keep_default_na=False, skip_blank_lines=False, encoding="utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise ValueError(
+            f"{labels_csv}: not UTF-8 text (byte 0x{error.object[error.start]:02x} at offset {error.start}). "
+            f"Save it as UTF-8 (Excel: 'CSV UTF-8'; or iconv -f latin1 -t utf-8)."
+        ) from None
+
+
+def _whole_number(text: str) -> int | None:
+    """``3`` or ``3.0`` (as spreadsheets write it) -> 3; anything else -> None."""
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return int(value) if value.is_integer() else None
 
 
 def scan_dataset(data: dict) -> Scan:

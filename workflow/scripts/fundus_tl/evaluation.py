@@ -22,12 +22,14 @@ from .cache import CachedImages
 from .io import atomic_path, write_json
 from .metrics import default_thresholds, grades_from_thresholds, grading_report, optimise_thresholds
 from .models import load_model_file
-from .plots import plot_confusion_matrices, plot_learning_curves, plot_roc_curves
+from .plots import plot_confusion_matrices, plot_learning_curves, plot_placeholder, plot_roc_curves
 from .training import grades_of, predict, resolve_device
 
 log = logging.getLogger(__name__)
 
 PLOTS = ("confusion_oof", "confusion_holdout", "learning_curves", "roc")
+SCORE_COLUMNS = ["oof_qwk", "oof_accuracy", "holdout_qwk", "holdout_accuracy"]
+ROC_NOT_APPLICABLE = "ROC curves apply to classification:\nthis experiment is a regression (one score per image)"
 
 
 def ensemble_outputs(
@@ -39,13 +41,14 @@ def ensemble_outputs(
 ) -> tuple[np.ndarray, list[np.ndarray], dict]:
     """Mean of the fold models' outputs for `keys`, each model's own outputs, and the metadata.
 
-    Outputs are (N, classes) probabilities for classification, (N, 1) scores for regression.
+    Outputs are (N, classes) probabilities for classification, (N, 1) scores for regression,
+    also when `keys` is empty, so an empty table still gets every probability or score column.
     """
     target = resolve_device(device)
     each, meta = [], {}
     for path in model_files:
         model, meta = load_model_file(path, target)
-        raw = predict(model, images, keys, batch_size, target)
+        raw = predict(model, images, keys, batch_size, target) if keys else np.zeros((0, meta["outputs"]), np.float32)
         if meta["task"] == "classification":
             raw = torch.softmax(torch.from_numpy(raw), dim=1).numpy()
         each.append(raw)
@@ -194,13 +197,7 @@ def evaluate_experiment(
     elif task == "classification":
         plot_roc_curves(actual, oof_outputs, classes, f"{experiment_name}: {part}, one-vs-rest", plots["roc"])
     else:
-        plot_roc_curves(
-            [],
-            np.zeros((0, n_classes)),
-            classes,
-            f"{experiment_name}: ROC needs class probabilities (regression)",
-            plots["roc"],
-        )
+        plot_placeholder(f"{experiment_name}: ROC curves", ROC_NOT_APPLICABLE, plots["roc"])
     write_json(summary, summary_out)
     return summary
 
@@ -211,22 +208,21 @@ def predict_images(
     images: CachedImages,
     summary_file: str | Path,
     out_csv: str | Path,
+    test_dir: str | Path,
     batch_size: int = 32,
     device: str = "auto",
 ) -> pd.DataFrame:
-    """Fold-ensemble grades for every decodable cached image: image id, grade, probabilities or score.
+    """Fold-ensemble grades for every decodable cached image of `test_dir`: image id, grade, probabilities or score.
 
     When the experiment has fitted thresholds (regression, or expected grade), ``grade`` uses them
-    and ``grade_rounded`` keeps the seed's argmax / round + clip.
+    and ``grade_rounded`` keeps the seed's argmax / round + clip. Without any usable image the
+    table keeps all its columns, so code reading it needs no special case.
     """
     thresholds = json.loads(Path(summary_file).read_text()).get("thresholds", {}).get("values")
     keys = images.keys()
     rows = pd.DataFrame({"image": [Path(key).stem for key in keys], "key": keys})
-    if keys:
-        averaged, _, meta = ensemble_outputs(model_files, images, keys, batch_size, device)
-        table = _with_outputs(rows, averaged, meta["task"], len(meta["classes"]), thresholds)
-    else:
-        table = rows.assign(predicted=pd.Series(dtype=int))
+    averaged, _, meta = ensemble_outputs(model_files, images, keys, batch_size, device)
+    table = _with_outputs(rows, averaged, meta["task"], len(meta["classes"]), thresholds)
     if "predicted_thresholds" in table:
         table.insert(1, "grade", table.pop("predicted_thresholds"))
         table.insert(2, "grade_rounded", table.pop("predicted"))
@@ -234,16 +230,31 @@ def predict_images(
         table.insert(1, "grade", table.pop("predicted"))
     with atomic_path(out_csv) as tmp:
         table.to_csv(tmp, index=False, float_format="%.6g")
-    log.info("predicted %d images; %d could not be read (listed in the skip report)", len(table), len(images.skipped))
+    if table.empty:
+        log.warning(
+            "no usable images in %s: %s has only its header; %d could not be read (listed in the skip report)",
+            test_dir,
+            out_csv,
+            len(images.skipped),
+        )
+    else:
+        log.info(
+            "predicted %d images; %d could not be read (listed in the skip report)", len(table), len(images.skipped)
+        )
     return table
 
 
 def leaderboard(summary_files: list[str | Path], out_tsv: str | Path) -> pd.DataFrame:
-    """One row per experiment: OOF and holdout QWK/accuracy, training time, parameter count."""
+    """One row per experiment: OOF and holdout QWK/accuracy, training time, parameter count.
+
+    A single-split experiment (``folds: 1``) has no out-of-fold predictions: its oof columns stay
+    empty. Its "validation" scores are not shown, as they grade the same holdout images, with the
+    model selected on them.
+    """
     rows = []
     for path in summary_files:
         summary = json.loads(Path(path).read_text())
-        validation = summary.get("oof") or summary.get("validation") or {}
+        oof = summary.get("oof", {})
         holdout = summary.get("holdout", {})
         rows.append(
             {
@@ -252,15 +263,17 @@ def leaderboard(summary_files: list[str | Path], out_tsv: str | Path) -> pd.Data
                 "task": summary["task"],
                 "folds": summary["folds"],
                 "image_size": summary["image_size"],
-                "oof_qwk": validation.get("qwk"),
-                "oof_accuracy": validation.get("accuracy"),
+                "oof_qwk": oof.get("qwk"),
+                "oof_accuracy": oof.get("accuracy"),
                 "holdout_qwk": holdout.get("qwk"),
                 "holdout_accuracy": holdout.get("accuracy"),
-                "training_minutes": round(summary["training_seconds"] / 60, 1),
+                "training_minutes": round(summary["training_seconds"] / 60, 2),
                 "parameters": summary["parameters"],
             }
         )
-    table = pd.DataFrame(rows).sort_values("holdout_qwk", ascending=False, na_position="last")
+    table = pd.DataFrame(rows).astype({column: float for column in SCORE_COLUMNS})
+    table[SCORE_COLUMNS] = table[SCORE_COLUMNS].round(4)
+    table = table.sort_values("holdout_qwk", ascending=False, na_position="last")
     with atomic_path(out_tsv) as tmp:
-        table.to_csv(tmp, sep="\t", index=False, float_format="%.4f")
+        table.to_csv(tmp, sep="\t", index=False)
     return table

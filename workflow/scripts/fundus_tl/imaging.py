@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import struct
+from collections.abc import Callable
 
 import cv2
 import numpy as np
@@ -27,7 +29,32 @@ _ORIENT = {  # EXIF orientation -> the operation that shows the image upright
     7: lambda image: cv2.rotate(cv2.transpose(image), cv2.ROTATE_180),
     8: lambda image: cv2.rotate(image, cv2.ROTATE_90_COUNTERCLOCKWISE),
 }
-_JPEG_TAIL_BYTES = 4096
+_HEAD_BYTES = 64  # enough for every signature below
+_TAIL_BYTES = 4096  # a complete JPEG or PNG ends with its end marker, at most some padding after it
+_SIGNATURES = {  # every format this OpenCV build decodes, by the leading bytes its decoder checks
+    name: re.compile(pattern, re.DOTALL)
+    for name, pattern in {
+        "JPEG": rb"\xff\xd8\xff",
+        "PNG": rb"\x89PNG\r\n\x1a\n",
+        "TIFF": rb"II[*+]\x00|MM\x00[*+]",
+        "BMP": rb"BM",
+        "WebP": rb"RIFF....WEBP",
+        "GIF": rb"GIF8[79]a",
+        "AVIF": rb"....ftyp.*avi[fs]",
+        "JPEG 2000": rb"\x00\x00\x00\x0cjP  \r\n\x87\n|\xff\x4f\xff\x51",
+        "PNM": rb"P[1-7]\s",
+        "PFM": rb"P[Ff]\s",
+        "Radiance HDR": rb"#\?(?:RADIANCE|RGBE)",
+        "Sun raster": rb"\x59\xa6\x6a\x95",
+    }.items()
+}
+_JPEG_END, _JPEG_SCAN = b"\xff\xd9", b"\xff\xda"
+_PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"  # the IEND chunk: no data, so always the same CRC
+EMPTY_FILE = "empty file (0 bytes)"
+NOT_AN_IMAGE = "not a readable image (no image format's signature at the start)"
+TRUNCATED_JPEG = "truncated JPEG (no end-of-image marker after the last scan)"
+JPEG_WITHOUT_DATA = "JPEG data could not be decoded (neither a scan nor an end-of-image marker: cut short or corrupt)"
+TRUNCATED_PNG = "truncated or corrupt PNG (no IEND chunk at the end)"
 _JPEG_FRAME_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}  # SOF0-SOF15 but DHT, JPG, DAC
 REDUCED_FLAGS = {8: cv2.IMREAD_REDUCED_COLOR_8, 4: cv2.IMREAD_REDUCED_COLOR_4, 2: cv2.IMREAD_REDUCED_COLOR_2}
 
@@ -61,16 +88,64 @@ def _to_rgb8(array: np.ndarray) -> np.ndarray:
     return cv2.cvtColor(array, cv2.COLOR_BGR2RGB)
 
 
-def _is_truncated_jpeg(data: bytes) -> bool:
-    """True when no end-of-image marker follows the last start-of-scan marker.
+def image_format(head: bytes) -> str | None:
+    """Name of the format whose signature `head` (the file's first bytes) starts with, if any."""
+    return next((name for name, signature in _SIGNATURES.items() if signature.match(head)), None)
 
-    A complete file ends with the marker (at most some padding after it), so the tail is
-    searched first; scanning the whole megabyte backwards costs about 1 ms per file.
+
+def _jpeg_problem(tail: bytes, read_all: Callable[[], bytes]) -> str | None:
+    """Why a JPEG is incomplete: no end-of-image marker after its last start-of-scan marker, or neither.
+
+    The tail decides when it holds either marker; only a JPEG cut inside its scan data (or with
+    over 4 KB after its end) needs the whole file, which costs about 1 ms per megabyte.
     """
-    tail = max(len(data) - _JPEG_TAIL_BYTES, 0)
-    if data.rfind(b"\xff\xd9", tail) > data.rfind(b"\xff\xda", tail):
-        return False
-    return data.rfind(b"\xff\xd9") < data.rfind(b"\xff\xda")
+    end, scan = tail.rfind(_JPEG_END), tail.rfind(_JPEG_SCAN)
+    if end == scan:  # equal only when neither is there
+        data = read_all()
+        end, scan = data.rfind(_JPEG_END), data.rfind(_JPEG_SCAN)
+    if end == scan:
+        return JPEG_WITHOUT_DATA
+    return TRUNCATED_JPEG if scan > end else None
+
+
+def _identify(head: bytes, tail: bytes, read_all: Callable[[], bytes]) -> str:
+    """Format of a file from its first 64 bytes; raises `UnreadableImage` when these and its last
+    4 KB already show that it cannot be decoded. `decode` and `quick_check` share this, so a file
+    left out before training fails decoding for the same reason."""
+    if not head:
+        raise UnreadableImage(EMPTY_FILE)
+    kind = image_format(head)
+    if kind is None:
+        raise UnreadableImage(NOT_AN_IMAGE)
+    if kind == "JPEG" and (problem := _jpeg_problem(tail, read_all)):
+        raise UnreadableImage(problem)
+    if kind == "PNG" and _PNG_END not in tail:
+        raise UnreadableImage(TRUNCATED_PNG)
+    return kind
+
+
+def quick_check(path: str | os.PathLike) -> str | None:
+    """Why `path` cannot be decoded, as far as its first 64 bytes and last 4 KB tell, or None.
+
+    Cheap enough to run on every file before the folds are built (no pixel is decoded); a file
+    that passes can still fail the full decode, which then drops it as before.
+    """
+    try:
+        with open(path, "rb") as file:
+            head = file.read(_HEAD_BYTES)
+            file.seek(max(os.fstat(file.fileno()).st_size - _TAIL_BYTES, 0))
+            tail = file.read()
+
+            def read_all() -> bytes:
+                file.seek(0)
+                return file.read()
+
+            _identify(head, tail, read_all)
+    except UnreadableImage as error:
+        return str(error)
+    except OSError as error:
+        return f"cannot read file ({error.strerror or error})"
+    return None
 
 
 def _jpeg_frame_size(data: bytes) -> tuple[int, int] | None:
@@ -90,35 +165,35 @@ def _jpeg_frame_size(data: bytes) -> tuple[int, int] | None:
     return None
 
 
-def _header(data: bytes) -> tuple[int, int, str | None, int]:
-    """Width, height, format and EXIF orientation (1 for JPEG: OpenCV applies it while decoding)."""
-    frame = _jpeg_frame_size(data)
-    if frame is not None:
-        return *frame, "JPEG", 1
+def _exif_orientation(data: bytes) -> int:
+    """EXIF orientation of a non-JPEG file; 1 when Pillow cannot parse it (a float TIFF OpenCV reads).
+
+    Pillow finds a PNG's EXIF only by decoding the whole image, so a PNG without an EXIF chunk
+    (the ``eXIf`` chunk, or the text chunk older tools write) is answered without it.
+    """
+    if data.startswith(b"\x89PNG") and b"eXIf" not in data and b"Raw profile type exif" not in data:
+        return 1
     try:
         with Image.open(io.BytesIO(data)) as header:
-            return header.width, header.height, header.format, header.getexif().get(_EXIF_ORIENTATION, 1)
-    except (UnidentifiedImageError, OSError) as error:
-        raise UnreadableImage(f"not a readable image ({error.__class__.__name__})") from None
+            return header.getexif().get(_EXIF_ORIENTATION, 1)
+    except (UnidentifiedImageError, OSError):
+        return 1
 
 
 def decode(data: bytes, target: int) -> np.ndarray:
     """Decode file bytes to an RGB uint8 array at least `target` px on its short side when possible."""
-    if not data:
-        raise UnreadableImage("empty file (0 bytes)")
-    width, height, kind, orientation = _header(data)
+    kind = _identify(data[:_HEAD_BYTES], data[-_TAIL_BYTES:], lambda: data)
     buffer = np.frombuffer(data, dtype=np.uint8)
     if kind == "JPEG":
-        if _is_truncated_jpeg(data):
-            raise UnreadableImage("truncated JPEG (no end-of-image marker after the last scan)")
-        factor = reduction_factor(width, height, target)
+        frame = _jpeg_frame_size(data)
+        factor = reduction_factor(*frame, target) if frame else 1
         array = cv2.imdecode(buffer, REDUCED_FLAGS.get(factor, cv2.IMREAD_COLOR))  # applies EXIF orientation
     else:
         array = cv2.imdecode(buffer, cv2.IMREAD_UNCHANGED | cv2.IMREAD_ANYDEPTH)
         if array is not None:
-            array = _ORIENT.get(orientation, lambda image: image)(array)
+            array = _ORIENT.get(_exif_orientation(data), lambda image: image)(array)
     if array is None or array.size == 0:
-        raise UnreadableImage(f"{kind or 'image'} data could not be decoded (unsupported, truncated or corrupt)")
+        raise UnreadableImage(f"{kind} data could not be decoded (unsupported, truncated or corrupt)")
     return _to_rgb8(array)
 
 

@@ -56,6 +56,7 @@ def torchvision_models() -> dict[str, ModelDefaults]:
 def check_model_name(name: str) -> None:
     """Raise `UnknownModel` naming what is allowed when `name` is not a known architecture."""
     if name.startswith(TIMM_PREFIX):
+        _check_timm_name(name[len(TIMM_PREFIX) :])
         return
     if name not in torchvision_models():
         close = [known for known in torchvision_models() if name.lower().split("_")[0] in known][:8]
@@ -64,6 +65,26 @@ def check_model_name(name: str) -> None:
             f"({len(torchvision_models())} names, e.g. inception_v3, resnet50, vgg16, efficientnet_b3"
             + (f"; similar: {', '.join(close)}" if close else "")
             + ") or 'timm:<name>' for a timm model (e.g. timm:efficientnet_lite0)."
+        )
+
+
+def _check_timm_name(architecture: str) -> None:
+    """Raise `UnknownModel` unless timm knows `architecture` (Lite0 is known without importing timm)."""
+    if not architecture:
+        raise UnknownModel("'timm:' needs a model name after the colon, e.g. timm:efficientnet_lite0")
+    if f"{TIMM_PREFIX}{architecture}" == LITE0:
+        return
+    try:
+        import timm
+    except ImportError:
+        raise UnknownModel(f"'timm:{architecture}' needs the timm package: pip install timm") from None
+    if not timm.is_model(architecture):
+        stem = architecture.split(".")[0].split("_")[0]
+        close = timm.list_models(f"*{stem}*")[:8]
+        raise UnknownModel(
+            f"timm has no model '{architecture}'"
+            + (f"; similar: {', '.join(close)}" if close else "")
+            + ". timm.list_models('*pattern*') lists the names."
         )
 
 

@@ -52,8 +52,8 @@ def _save(fig: Figure, out_png: str | os.PathLike) -> None:
         plt.close(fig)
 
 
-def _no_data(title: str, message: str, out_png: str | os.PathLike) -> None:
-    """A placeholder figure, so a report built from an empty run shows why it is empty."""
+def plot_placeholder(title: str, message: str, out_png: str | os.PathLike) -> None:
+    """A figure saying why there is no plot (no data, or a plot that does not apply), so a report still builds."""
     fig = plt.figure(figsize=(WIDTH_INCHES, 2.5))
     fig.suptitle(title)
     fig.text(0.5, 0.45, message, ha="center", va="center", fontsize=14, color="0.35")
@@ -97,7 +97,7 @@ def plot_confusion_matrices(
     """
     counts = np.asarray(matrix, dtype=float)
     if counts.size == 0 or counts.sum() == 0:
-        _no_data(title, "no data: the confusion matrix is empty", out_png)
+        plot_placeholder(title, "no data: the confusion matrix is empty", out_png)
         return
     n_classes = len(class_names)
     if counts.shape != (n_classes, n_classes):
@@ -144,7 +144,7 @@ def plot_learning_curves(
     title = "Learning curves"
     histories = {name: table for name, table in histories.items() if len(table)}
     if not histories:
-        _no_data(title, "no data: no epoch was recorded", out_png)
+        plot_placeholder(title, "no data: no epoch was recorded", out_png)
         return
     fig, (loss_ax, qwk_ax, lr_ax) = plt.subplots(1, 3, figsize=(WIDTH_INCHES, 3.6), layout="constrained")
     fig.suptitle(title)
@@ -189,7 +189,7 @@ def plot_class_balance(folds_table: pd.DataFrame, class_names: Sequence[str], ou
     (fold -1) form "holdout", and training rows without a fold (``folds: 1``) form "train".
     """
     if folds_table.empty:
-        _no_data("Images per grade", "no data: the fold table is empty", out_png)
+        plot_placeholder("Images per grade", "no data: the fold table is empty", out_png)
         return
     n_classes = len(class_names)
     unknown = sorted(set(folds_table["label"]) - set(range(n_classes)))
@@ -243,7 +243,7 @@ def plot_roc_curves(
     actual = np.asarray(actual)
     probabilities = np.asarray(probabilities, dtype=float)
     if len(actual) == 0:
-        _no_data(title, "no data: no predictions", out_png)
+        plot_placeholder(title, "no data: no predictions", out_png)
         return
     n_classes = len(class_names)
     if probabilities.shape != (len(actual), n_classes):
