@@ -207,3 +207,16 @@ def test_identical_files_across_train_and_holdout_are_reported(tmp_path: Path):
     report = cross_split_duplicates([tmp_path / "t.tsv", tmp_path / "h.tsv"], tmp_path / "dup.tsv")
     assert len(report) == 1
     assert {Path(report.iloc[0]["path"]).name, Path(report.iloc[0]["same_as"]).name} == {"a.jpeg", "copy.jpeg"}
+
+
+def test_graham_draws_no_band_where_the_photograph_cuts_the_disc():
+    """EyePACS frames often clip the disc top and bottom; the padding beyond the cut must not leak in."""
+    frame = np.zeros((200, 320, 3), np.uint8)
+    cv2.circle(frame, (160, 100), 140, (150, 80, 40), thickness=-1)  # a flat disc, cut by the frame
+    out = prepare(frame, 128, "graham")
+    shown = out.max(axis=2) > 0
+    assert shown[64, 64] and not shown[5, 64]  # the centre is kept, the padding above the cut is not
+    assert np.abs(out[shown].astype(int) - 128).max() <= 8  # a flat disc stays flat grey, even at the cut
+    whole = np.zeros((320, 320, 3), np.uint8)
+    cv2.circle(whole, (160, 160), 140, (150, 80, 40), thickness=-1)
+    assert (prepare(whole, 128, "graham").max(axis=2) > 0).sum() > shown.sum()  # an uncut disc keeps more

@@ -9,6 +9,7 @@ scale.
 from __future__ import annotations
 
 import io
+import math
 import os
 import re
 import struct
@@ -209,26 +210,52 @@ def fundus_bounds(rgb: np.ndarray) -> tuple[int, int, int, int]:
     return int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1
 
 
-def crop_to_fundus(rgb: np.ndarray) -> np.ndarray:
-    """Crop the black borders and pad to a square centred on the disc, keeping the aspect."""
+def fundus_square(rgb: np.ndarray) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+    """The disc's bounding box padded with black to a square, and where the photograph lies in it.
+
+    Returns the square and the (x0, y0, x1, y1) box of its image pixels; the rest is padding.
+    """
     x0, y0, x1, y1 = fundus_bounds(rgb)
     cropped = rgb[y0:y1, x0:x1]
     height, width = cropped.shape[:2]
     side = max(height, width)
     top, left = (side - height) // 2, (side - width) // 2
-    return cv2.copyMakeBorder(
+    square = cv2.copyMakeBorder(
         cropped, top, side - height - top, left, side - width - left, cv2.BORDER_CONSTANT, value=0
     )
+    return square, (left, top, left + width, top + height)
 
 
-def graham(rgb: np.ndarray) -> np.ndarray:
-    """Ben Graham's 2015 normalisation on a cropped square: local contrast, outer ring masked."""
+def crop_to_fundus(rgb: np.ndarray) -> np.ndarray:
+    """Crop the black borders and pad to a square centred on the disc, keeping the aspect."""
+    return fundus_square(rgb)[0]
+
+
+def graham(rgb: np.ndarray, content: tuple[int, int, int, int] | None = None) -> np.ndarray:
+    """Ben Graham's 2015 normalisation on a cropped square: local contrast, outer ring masked.
+
+    Where a photograph cuts the disc (EyePACS frames often clip its top and bottom), the blur
+    mixes in the black padding beyond the cut and the contrast step draws a bright band along it;
+    given the `content` box of the image pixels, that band (two blur widths) is masked too.
+    """
     radius = rgb.shape[0] / 2
-    blurred = cv2.GaussianBlur(rgb, (0, 0), sigmaX=max(radius / 30, 0.5))
+    sigma = max(radius / 30, 0.5)
+    blurred = cv2.GaussianBlur(rgb, (0, 0), sigmaX=sigma)
     enhanced = cv2.addWeighted(rgb, 4, blurred, -4, 128)
     mask = np.zeros(rgb.shape[:2], np.uint8)
     centre = (rgb.shape[1] // 2, rgb.shape[0] // 2)
     cv2.circle(mask, centre, int(radius * 0.9), 1, thickness=-1)
+    if content is not None:
+        margin = math.ceil(2 * sigma)
+        x0, y0, x1, y1 = content
+        height, width = mask.shape
+        # A side that touches the square's edge is the disc's own rim: the circle already masks it.
+        inside = np.zeros_like(mask)
+        inside[
+            y0 + (margin if y0 > 0 else 0) : y1 - (margin if y1 < height else 0),
+            x0 + (margin if x0 > 0 else 0) : x1 - (margin if x1 < width else 0),
+        ] = 1
+        mask &= inside
     return enhanced * mask[:, :, None]
 
 
@@ -236,8 +263,16 @@ def prepare(rgb: np.ndarray, size: int, preprocessing: str) -> np.ndarray:
     """Apply the preprocessing and resize to ``size x size`` with area averaging."""
     if preprocessing not in PREPROCESSING:
         raise ValueError(f"preprocessing '{preprocessing}' is not one of {PREPROCESSING}")
+    content = None
     if preprocessing in ("crop", "graham"):
-        rgb = crop_to_fundus(rgb)
+        rgb, box = fundus_square(rgb)
+        scale = size / rgb.shape[0]
+        content = (
+            math.floor(box[0] * scale),
+            math.floor(box[1] * scale),
+            math.ceil(box[2] * scale),
+            math.ceil(box[3] * scale),
+        )
     if min(rgb.shape[:2]) >= size:
         # OpenCV's area resampling at fractional ratios is about 1.4x faster on float32 than on
         # uint8, conversions included; rounding back gives the same values within 1 grey level.
@@ -245,7 +280,7 @@ def prepare(rgb: np.ndarray, size: int, preprocessing: str) -> np.ndarray:
     else:
         resized = cv2.resize(rgb, (size, size), interpolation=cv2.INTER_CUBIC)
     if preprocessing == "graham":
-        resized = graham(resized)
+        resized = graham(resized, content)
     return np.ascontiguousarray(resized)
 
 
