@@ -49,3 +49,23 @@ def test_a_timm_name_timm_does_not_know_is_a_config_error():
     with pytest.raises(ConfigError, match="needs a model name after the colon"):
         resolve_experiment("mine", {"model": "timm:"})
     assert resolve_experiment("mine", {"model": "timm:resnet18"})["image_size"] == 224
+
+
+def test_fixed_size_models_and_all_zero_class_weights_are_config_errors():
+    with pytest.raises(ConfigError, match=r"experiments\.mine\.image_size: torchvision's vit_b_16 takes only its"):
+        resolve_experiment("mine", {"model": "vit_b_16", "image_size": 64})
+    assert resolve_experiment("mine", {"model": "vit_b_16"})["image_size"] == 224
+    with pytest.raises(ConfigError, match="all weights are 0"):
+        resolve_experiment("mine", {"model": "resnet18", "class_weights": [0, 0]}, n_classes=2)
+
+
+def test_an_error_that_ends_a_job_is_written_to_its_log(tmp_path: Path):
+    import subprocess
+    import sys
+
+    log = tmp_path / "job.log"
+    script = f"from fundus_tl.io import setup_logging\nsetup_logging({str(log)!r})\nraise ValueError('bad value 42')\n"
+    scripts = Path(__file__).parents[1] / "workflow/scripts"
+    result = subprocess.run([sys.executable, "-c", script], cwd=scripts, capture_output=True, text=True)
+    assert result.returncode == 1
+    assert "stopped by ValueError: bad value 42" in log.read_text() and "Traceback" in log.read_text()

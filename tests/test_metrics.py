@@ -44,3 +44,14 @@ def test_per_class_precision_recall_and_row_normalised_matrix():
     report = grading_report(np.array([0, 0, 1, 1]), np.array([0, 1, 1, 1]), 2)
     assert report["per_class"][1] == {"grade": 1, "precision": 2 / 3, "recall": 1.0, "support": 2}
     assert report["confusion_matrix_normalised"] == [[0.5, 0.5], [0.0, 1.0]]
+
+
+def test_thresholds_stay_inside_the_scores_and_never_collapse_to_one_grade():
+    from fundus_tl.metrics import default_thresholds, grades_from_thresholds, optimise_thresholds
+
+    actual = np.array([0, 0, 0, 1, 1, 1])
+    assert optimise_thresholds(np.full(6, 0.13), actual, 2) == default_thresholds(2)  # a constant model
+    scores = np.array([0.6, 0.7, 0.55, 0.3, 0.4, 0.1])  # a bad model: rounding scores QWK < 0, one grade scores 0
+    thresholds = optimise_thresholds(scores, actual, 2)
+    assert scores.min() < thresholds[0] < scores.max()
+    assert len(set(grades_from_thresholds(scores, thresholds).tolist())) == 2

@@ -325,3 +325,11 @@ def test_the_loader_leaves_the_global_random_stream_alone(cached):
     for workers in (0, 1):
         list(cached_batches(images, images.keys(), [[0, 1], [2]], workers))
     assert torch.equal(torch.rand(3), expected)
+
+
+def test_augment_true_false_and_a_partial_mapping():
+    seed_set = Augmentation()
+    assert Experiment.from_config({"model": "resnet18", "augment": True}).augment == seed_set
+    assert not Experiment.from_config({"model": "resnet18", "augment": False}).augment.active
+    partial = Experiment.from_config({"model": "resnet18", "augment": {"vflip": False}}).augment
+    assert partial.vflip is False and partial.hflip == seed_set.hflip and partial.rotation == seed_set.rotation

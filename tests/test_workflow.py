@@ -141,6 +141,13 @@ def test_editing_lr_reruns_only_that_experiments_training_and_evaluation(project
         assert planned_jobs(workdir) == {"train": 2, "evaluate": 1, "predict": 1, "leaderboard": 1, "all": 1}
     finally:
         write_config(workdir, config)
+    edited = json.loads(json.dumps(config))
+    edited["experiments"]["tiny"]["expected_grade"] = True  # read by evaluation only: no training
+    write_config(workdir, edited)
+    try:
+        assert planned_jobs(workdir) == {"evaluate": 1, "predict": 1, "leaderboard": 1, "all": 1}
+    finally:
+        write_config(workdir, config)
 
 
 def test_image_size_switch_recaches_and_switching_back_reuses_the_old_cache(project):

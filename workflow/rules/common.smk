@@ -118,6 +118,14 @@ def shard_inputs(wildcards) -> dict[str, str | list[str]]:
     }
 
 
+EVALUATION_KEYS = ("expected_grade",)  # read by evaluation only
+
+
+def training_settings(experiment: str) -> dict:
+    """An experiment's entry without the keys only evaluation reads: editing those retrains nothing."""
+    return {key: value for key, value in EXPERIMENTS[experiment].items() if key not in EVALUATION_KEYS}
+
+
 def fold_ids() -> list[int]:
     return list(range(max(config["folds"], 1)))
 

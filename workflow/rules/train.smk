@@ -21,7 +21,7 @@ rule train:
         history="results/{experiment}/fold{fold}/history.tsv",
         predictions="results/{experiment}/fold{fold}/oof.tsv",
     params:
-        experiment=lambda wildcards: EXPERIMENTS[wildcards.experiment],
+        experiment=lambda wildcards: training_settings(wildcards.experiment),
         fold=lambda wildcards: int(wildcards.fold) if config["folds"] > 1 else -1,
         class_names=DATA["class_folders"],
         seed=config["seed"],

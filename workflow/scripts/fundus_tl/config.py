@@ -140,7 +140,14 @@ def resolve_experiment(name: str, entry: dict, n_classes: int | None = None) -> 
             f"experiments.{name}.image_size: inception_v3's auxiliary head needs at least 299 px; "
             f"set aux_loss_weight: 0 to train smaller images without it"
         )
+    if entry["model"].startswith("vit_") and resolved["image_size"] != defaults.input_size:
+        raise ConfigError(
+            f"experiments.{name}.image_size: torchvision's {entry['model']} takes only its native "
+            f"{defaults.input_size} px; leave image_size unset"
+        )
     class_weights = resolved.get("class_weights")
+    if isinstance(class_weights, list) and not any(class_weights):
+        raise ConfigError(f"experiments.{name}.class_weights: all weights are 0, so nothing would be learned")
     if isinstance(class_weights, list) and n_classes is not None and len(class_weights) != n_classes:
         raise ConfigError(
             f"experiments.{name}.class_weights: {len(class_weights)} weights for {n_classes} classes "

@@ -45,6 +45,12 @@ def setup_logging(log_file: str | os.PathLike | None) -> None:
         handlers=handlers,
         force=True,
     )
+    sys.excepthook = _log_uncaught
+
+
+def _log_uncaught(kind: type[BaseException], error: BaseException, trace) -> None:
+    """An error that ends the job goes to its log file too, not only to Snakemake's console."""
+    logging.getLogger("fundus_tl").critical("stopped by %s: %s", kind.__name__, error, exc_info=(kind, error, trace))
 
 
 def write_text_if_changed(path: str | os.PathLike, text: str) -> bool:

@@ -46,7 +46,9 @@ def optimise_thresholds(scores: np.ndarray, actual: np.ndarray, n_classes: int, 
     """
     thresholds = default_thresholds(n_classes)
     best = quadratic_kappa(actual, grades_from_thresholds(scores, thresholds), n_classes)
-    low, high = float(np.min(scores, initial=0.0)) - 1, float(np.max(scores, initial=n_classes - 1)) + 1
+    if len(np.unique(scores)) < 2:
+        return thresholds  # one score for every image: no cut point can tell them apart
+    low, high = float(np.min(scores)), float(np.max(scores))  # a cut outside the scores separates nothing
     for _ in range(sweeps):
         improved = False
         for index in range(len(thresholds)):
@@ -59,6 +61,8 @@ def optimise_thresholds(scores: np.ndarray, actual: np.ndarray, n_classes: int, 
                     best, thresholds, improved = score, trial, True
         if not improved:
             break
+    if len(np.unique(grades_from_thresholds(scores, thresholds))) < min(2, len(np.unique(actual))):
+        return default_thresholds(n_classes)  # a "fit" that gives every image one grade is no fit
     return [round(value, 6) for value in thresholds]
 
 

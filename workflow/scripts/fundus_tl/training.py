@@ -106,6 +106,8 @@ class Experiment:
             values["augment"] = Augmentation(**values["augment"])
         elif values.get("augment") is False:
             values["augment"] = Augmentation(False, False, 0.0, 0.0, 0.0)
+        elif values.get("augment") is True:
+            values["augment"] = Augmentation()  # the seed's set
         if values.get("task", "classification") not in TASKS:
             raise ValueError(f"task '{values['task']}' is not one of {TASKS}")
         return cls(**values)
@@ -211,6 +213,8 @@ def to_tensor(batch: np.ndarray | torch.Tensor, device: torch.device, channels_l
 def make_loss(experiment: Experiment, train_labels: np.ndarray, n_classes: int) -> torch.nn.Module:
     """Cross-entropy (with optional class weights) or a regression loss on the grade."""
     if experiment.task == "regression":
+        if experiment.class_weights not in (None, "none") or experiment.label_smoothing:
+            log.warning("class_weights and label_smoothing apply to classification; this regression ignores them")
         return torch.nn.SmoothL1Loss() if experiment.regression_loss == "smooth_l1" else torch.nn.MSELoss()
     weights = experiment.class_weights
     if weights == "balanced":
@@ -605,7 +609,7 @@ def train_fold(
             "val_loss": val_loss,
             "val_accuracy": float((valid_grades == valid_labels).mean()),
             "val_qwk": quadratic_kappa(valid_labels, valid_grades, n_classes),
-            "lr": optimizer.param_groups[0]["lr"],
+            "lr": max(group["lr"] for group in optimizer.param_groups),  # the head's (the backbone's may be lower)
             "seconds": time.perf_counter() - started,
             "images_per_second": seen / max(train_seconds, 1e-9),
         }
