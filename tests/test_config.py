@@ -69,3 +69,8 @@ def test_an_error_that_ends_a_job_is_written_to_its_log(tmp_path: Path):
     result = subprocess.run([sys.executable, "-c", script], cwd=scripts, capture_output=True, text=True)
     assert result.returncode == 1
     assert "stopped by ValueError: bad value 42" in log.read_text() and "Traceback" in log.read_text()
+
+
+def test_warm_up_longer_than_training_is_a_config_error():
+    with pytest.raises(ConfigError, match=r"experiments\.mine\.warmup_epochs: 3 warm-up epochs leave none of the 2"):
+        resolve_experiment("mine", {"model": "resnet18", "epochs": 2, "warmup_epochs": 3})

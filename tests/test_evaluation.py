@@ -134,8 +134,9 @@ def cache_images(folder: Path, count: int, broken: int = 0) -> tuple[CachedImage
     return CachedImages([shard]), items
 
 
-def single_split_run(tmp_path: Path, task: str) -> dict:
-    """Evaluate a ``folds: 1`` experiment: one model, its validation predictions on the holdout."""
+def single_split_run(tmp_path: Path, task: str, constant: bool = False) -> dict:
+    """Evaluate a ``folds: 1`` experiment: one model, its validation predictions on the holdout (`constant`: one
+    score for every image, as a model that learned nothing gives)."""
     images, items = cache_images(tmp_path / "holdout", count=10)
     manifest = items.assign(
         split="holdout", image=items["key"].map(lambda key: Path(key).stem), patient=items.index.astype(str), fold=-1
@@ -146,7 +147,7 @@ def single_split_run(tmp_path: Path, task: str) -> dict:
     validation = manifest[["key", "image", "label", "fold"]].copy()
     rng = np.random.default_rng(0)
     if task == "regression":
-        validation["score"] = validation["label"] + rng.normal(0, 0.4, len(validation))
+        validation["score"] = 1.25 if constant else validation["label"] + rng.normal(0, 0.4, len(validation))
         validation["predicted"] = validation["score"].round().clip(0, len(CLASSES) - 1).astype(int)
     else:
         probabilities = rng.dirichlet(np.ones(len(CLASSES)), len(validation))
@@ -232,3 +233,13 @@ def test_prediction_without_usable_images_keeps_every_column_and_warns(tmp_path,
     assert len(warnings) == 1
     assert f"no usable images in {empty_dir}" in warnings[0] and "has only its header" in warnings[0]
     assert "2 could not be read" in warnings[0]
+
+
+def test_a_model_that_gives_every_image_one_output_is_called_out(tmp_path, caplog):
+    with caplog.at_level(logging.WARNING, logger="fundus_tl.evaluation"):
+        single_split_run(tmp_path / "flat", "regression", constant=True)
+    assert any("fold -1 gives every one of its 10 validation images the same output" in m for m in caplog.messages)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="fundus_tl.evaluation"):
+        single_split_run(tmp_path / "varied", "regression")
+    assert not any("same output" in message for message in caplog.messages)

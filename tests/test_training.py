@@ -1,5 +1,6 @@
 """Real training runs on tiny images: both tasks, determinism, class weights, augmentation."""
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -333,3 +334,10 @@ def test_augment_true_false_and_a_partial_mapping():
     assert not Experiment.from_config({"model": "resnet18", "augment": False}).augment.active
     partial = Experiment.from_config({"model": "resnet18", "augment": {"vflip": False}}).augment
     assert partial.vflip is False and partial.hflip == seed_set.hflip and partial.rotation == seed_set.rotation
+
+
+def test_freezing_more_layers_than_there_are_warns_and_the_history_shows_the_heads_lr(cached, tmp_path, caplog):
+    with caplog.at_level(logging.WARNING, logger="fundus_tl.training"):
+        history = run(cached, tmp_path, epochs=1, freeze_layers=100_000, backbone_lr_factor=0.1)
+    assert any("freeze_layers: 100000, but the backbone has only" in message for message in caplog.messages)
+    assert history["lr"].iloc[0] == pytest.approx(1e-3)  # the head's lr, not the backbone's 1e-4

@@ -145,6 +145,11 @@ def resolve_experiment(name: str, entry: dict, n_classes: int | None = None) -> 
             f"experiments.{name}.image_size: torchvision's {entry['model']} takes only its native "
             f"{defaults.input_size} px; leave image_size unset"
         )
+    if resolved.get("warmup_epochs", 0) >= resolved.get("epochs", 20):
+        raise ConfigError(
+            f"experiments.{name}.warmup_epochs: {resolved['warmup_epochs']} warm-up epochs leave none of the "
+            f"{resolved.get('epochs', 20)} epochs at the full lr; lower warmup_epochs or raise epochs"
+        )
     class_weights = resolved.get("class_weights")
     if isinstance(class_weights, list) and not any(class_weights):
         raise ConfigError(f"experiments.{name}.class_weights: all weights are 0, so nothing would be learned")

@@ -493,6 +493,12 @@ def train_fold(
         aux_head=experiment.uses_aux_head,
     )
     frozen = freeze_first_layers(model, experiment.freeze_layers) if experiment.freeze_layers else []
+    if isinstance(experiment.freeze_layers, int) and experiment.freeze_layers > len(frozen):
+        log.warning(
+            "freeze_layers: %d, but the backbone has only %d parameterised layers: all of them are frozen",
+            experiment.freeze_layers,
+            len(frozen),
+        )
     model = model.to(target_device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
