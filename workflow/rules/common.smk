@@ -27,7 +27,6 @@ SHARDS = config["cache"]["shards"]
 SPLITS = ("train", "holdout", "test")
 
 
-
 def _experiments_of_configfiles() -> list[str]:
     """Experiments named in --configfile files: they replace the examples of config/config.yaml."""
     names = []

@@ -125,13 +125,13 @@ def evaluate_experiment(
     cross_validated = bool((oof["fold"] >= 0).all())
     part = "oof" if cross_validated else "validation"
     summary[part] = grading_report(actual, grades_of(oof_outputs, task, n_classes), n_classes)
-    for fold, group in oof.groupby("fold"):
-        if len(group) > 1 and len(np.unique(_oof_outputs(group, task, n_classes), axis=0)) == 1:
+    for fold, rows in oof.groupby("fold").indices.items():
+        if len(rows) > 1 and len(np.unique(oof_outputs[rows], axis=0)) == 1:
             log.warning(
                 "fold %d gives every one of its %d validation images the same output: the model learned "
                 "nothing that tells images apart (too few epochs, an lr far off, or a frozen backbone?)",
                 fold,
-                len(group),
+                len(rows),
             )
     if cross_validated:
         summary[part]["per_fold_qwk"] = [
